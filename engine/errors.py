@@ -1,0 +1,103 @@
+"""The one error tree. Every error a partner can see has a stable code, defined here once.
+
+`status` is the status the API contract gives the code; the HTTP front copies it onto the wire
+but the engine itself never imports HTTP machinery.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SirError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    name = "SirError"
+    code = "INTERNAL_ERROR"
+    status = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.details: dict[str, Any] = details or {}
+
+
+class ValidationFailed(SirError):
+    """Fields are wrong. `details.fields` maps a field path to its problems."""
+
+    name = "ValidationError"
+    code = "VALIDATION_FAILED"
+    status = 422
+
+    def __init__(self, fields: dict[str, list[str]], message: str = "Validation failed") -> None:
+        super().__init__(message, details={"fields": fields})
+        self.fields = fields
+
+
+class NotFound(SirError):
+    """Unknown object, or one of another partner or environment (never 403: no leak)."""
+
+    name = "NotFoundError"
+    code = "NOT_FOUND"
+    status = 404
+
+
+class Conflict(SirError):
+    name = "ConflictError"
+    status = 409
+
+
+class PaymentRequired(SirError):
+    """Not enough tokens where they must come from (pool, budget, balance)."""
+
+    name = "InsufficientFundsError"
+    status = 402
+
+
+class Unprocessable(SirError):
+    """A well-formed request the rules refuse (unknown type, user, campaign...)."""
+
+    name = "UnprocessableError"
+    status = 422
+
+
+class AuthenticationFailed(SirError):
+    name = "AuthenticationError"
+    code = "AUTH_REQUIRED"
+    status = 401
+
+
+class Forbidden(SirError):
+    name = "AuthorizationError"
+    status = 403
+
+
+class ServiceUnavailable(SirError):
+    """A dependency (database, Redis) is unreachable; nothing was applied."""
+
+    name = "ServiceUnavailableError"
+    code = "SERVICE_UNAVAILABLE"
+    status = 503
+
+
+class LedgerImbalance(SirError):
+    """A journal entry whose postings do not sum to zero. Always a bug, never partner input."""
+
+    name = "LedgerError"
+    code = "LEDGER_IMBALANCE"
+    status = 500
+
+
+class ConfigError(Exception):
+    """A wrong or missing setting. Its message is one line naming the setting."""
