@@ -87,15 +87,24 @@ def _url(env: Mapping[str, str], name: str, schemes: set[str]) -> str:
     return value
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Build `Settings` from `env` (default: the process environment)."""
+def load_settings(
+    env: Mapping[str, str] | None = None, *, need_redis: bool = True, need_master_key: bool = True
+) -> Settings:
+    """Build `Settings` from `env` (default: the process environment).
+
+    Commands that never touch Redis or secrets (`migrate`, `ledger verify`) pass
+    `need_redis=False` / `need_master_key=False`, so they run with only DATABASE_URL set.
+    Raises ConfigError naming the first wrong or missing setting.
+    """
     env = os.environ if env is None else env
     database_url = _url(env, "DATABASE_URL", {"postgresql", "postgres"})
-    redis_url = _url(env, "REDIS_URL", {"redis", "rediss", "unix", "amqp"})
+    redis_url = ""
+    if need_redis or env.get("REDIS_URL"):
+        redis_url = _url(env, "REDIS_URL", {"redis", "rediss", "unix", "amqp"})
     master = env.get("SIR_MASTER_KEY", "").strip()
-    if not master:
+    if need_master_key and not master:
         raise ConfigError("SIR_MASTER_KEY is not set (32 bytes, url-safe base64)")
-    master_key = parse_master_key(master)
+    master_key = parse_master_key(master) if master else b""
     tokens = tuple(t.strip() for t in env.get("SIR_OPERATOR_TOKENS", "").split(",") if t.strip())
     for token in tokens:
         if len(token) < 16:
@@ -109,7 +118,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             try:
                 proxies.append(ipaddress.ip_network(item.strip(), strict=False))
             except ValueError as exc:
-                raise ConfigError(f"SIR_TRUSTED_PROXIES: {item.strip()!r} is not an IP or CIDR") from exc
+                raise ConfigError(
+                    f"SIR_TRUSTED_PROXIES: {item.strip()!r} is not an IP or CIDR"
+                ) from exc
     level = env.get("SIR_LOG_LEVEL", "INFO").strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"SIR_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")

@@ -93,7 +93,12 @@ partners = Table(
     Column("ip_allowlist", ARRAY(Text), nullable=False, server_default="{}"),
     Column("action_types", ARRAY(Text), nullable=False, server_default="{}"),
     Column("stakeholder_types", ARRAY(Text), nullable=False, server_default="{}"),
-    Column("tip_config", JSONB, nullable=False, server_default=text("'{\"enabled\": false, \"defaultPercent\": 0}'::jsonb")),
+    Column(
+        "tip_config",
+        JSONB,
+        nullable=False,
+        server_default=text('\'{"enabled": false, "defaultPercent": 0}\'::jsonb'),
+    ),
     Column("rate_limit_override", JSONB),
     _created(),
     _updated(),
@@ -200,7 +205,9 @@ token_pools = Table(
     Column("vesting_days", Integer),
     Column("expiration_days", Integer),
     Column("redemption", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("auto_refill", JSONB, nullable=False, server_default=text("'{\"enabled\": false}'::jsonb")),
+    Column(
+        "auto_refill", JSONB, nullable=False, server_default=text("'{\"enabled\": false}'::jsonb")
+    ),
     _created(),
     _updated(),
     CheckConstraint("status IN ('ACTIVE', 'EXHAUSTED', 'CLOSED')", name="status"),
@@ -270,7 +277,12 @@ ledger_accounts = Table(
         unique=True,
         postgresql_where=text("kind IN ('ISSUANCE', 'RESERVE', 'SINK_EXPIRED', 'SINK_REDEEMED')"),
     ),
-    Index("uq_ledger_accounts_pool", "pool_id", unique=True, postgresql_where=text("pool_id IS NOT NULL")),
+    Index(
+        "uq_ledger_accounts_pool",
+        "pool_id",
+        unique=True,
+        postgresql_where=text("pool_id IS NOT NULL"),
+    ),
     Index(
         "uq_ledger_accounts_user_wallet",
         "partner_user_id",
@@ -373,15 +385,30 @@ lots = Table(
     Column("expires_at", DateTime(timezone=True)),
     _created(),
     CheckConstraint("amount > 0 AND remaining >= 0 AND remaining <= amount", name="remaining"),
-    CheckConstraint("expires_at IS NULL OR vests_at IS NULL OR expires_at > vests_at", name="dates"),
+    CheckConstraint(
+        "expires_at IS NULL OR vests_at IS NULL OR expires_at > vests_at", name="dates"
+    ),
     ForeignKeyConstraint(
         ["account_id", "partner_id", "environment"],
         ["ledger_accounts.id", "ledger_accounts.partner_id", "ledger_accounts.environment"],
         name="fk_lots_account_scoped",
     ),
-    Index("ix_lots_open_by_account", "account_id", "expires_at", postgresql_where=text("remaining > 0")),
-    Index("ix_lots_vesting", "vests_at", postgresql_where=text("remaining > 0 AND vests_at IS NOT NULL")),
-    Index("ix_lots_expiring", "expires_at", postgresql_where=text("remaining > 0 AND expires_at IS NOT NULL")),
+    Index(
+        "ix_lots_open_by_account",
+        "account_id",
+        "expires_at",
+        postgresql_where=text("remaining > 0"),
+    ),
+    Index(
+        "ix_lots_vesting",
+        "vests_at",
+        postgresql_where=text("remaining > 0 AND vests_at IS NOT NULL"),
+    ),
+    Index(
+        "ix_lots_expiring",
+        "expires_at",
+        postgresql_where=text("remaining > 0 AND expires_at IS NOT NULL"),
+    ),
 )
 
 token_pool_requests = Table(
@@ -444,7 +471,9 @@ campaigns = Table(
     _updated(),
     CheckConstraint("status IN ('DRAFT', 'ACTIVE', 'PAUSED', 'ENDED')", name="status"),
     CheckConstraint("spent_tokens >= 0", name="spent_nonnegative"),
-    CheckConstraint("budget_total IS NULL OR spent_tokens <= budget_total", name="budget_never_over"),
+    CheckConstraint(
+        "budget_total IS NULL OR spent_tokens <= budget_total", name="budget_never_over"
+    ),
     ForeignKeyConstraint(
         ["pool_id", "partner_id", "environment"],
         ["token_pools.id", "token_pools.partner_id", "token_pools.environment"],
@@ -509,9 +538,7 @@ actions = Table(
     Column("response", JSONB, nullable=False),
     Column("batch_id", String(24), ForeignKey("action_batches.id")),
     _created(),
-    CheckConstraint(
-        "status IN ('COMPLETED', 'PARTIALLY_REVERSED', 'REVERSED')", name="status"
-    ),
+    CheckConstraint("status IN ('COMPLETED', 'PARTIALLY_REVERSED', 'REVERSED')", name="status"),
     CheckConstraint(
         "tokens_reversed >= 0 AND tokens_reversed <= tokens_distributed", name="reversed_bounds"
     ),
@@ -596,7 +623,9 @@ webhook_deliveries = Table(
         ["webhook_endpoints.id", "webhook_endpoints.partner_id", "webhook_endpoints.environment"],
     ),
     UniqueConstraint("event_id", "endpoint_id"),
-    Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'PENDING'")),
+    Index(
+        "ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'PENDING'")
+    ),
 )
 
 webhook_attempts = Table(

@@ -1,0 +1,48 @@
+"""`create_app(settings)`: wires resources, middlewares and routes. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from engine.crypto import SecretBox
+from engine.db import create_engine
+from engine.settings import Settings
+from http_front import health
+from http_front.keys import DB, REDIS, SECRET_BOX, SETTINGS
+from http_front.middlewares import error_middleware, request_id_middleware
+
+MAX_BODY = 1024 * 1024  # 1 MiB; /actions/batch raises its own limit to 8 MiB
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    engine = create_engine(app[SETTINGS].database_url)
+    app[DB] = engine
+    yield
+    await engine.dispose()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    client = aioredis.from_url(
+        app[SETTINGS].redis_url,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+        health_check_interval=15,
+    )
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware], client_max_size=MAX_BODY
+    )
+    app[SETTINGS] = settings
+    app[SECRET_BOX] = SecretBox(settings.master_key)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_redis)
+    app.add_routes(health.routes)
+    return app

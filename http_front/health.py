@@ -1,0 +1,52 @@
+"""Operations endpoints: liveness, readiness (PostgreSQL and Redis), Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from http_front.keys import DB, REDIS
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _check(name: str, probe) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    try:
+        await asyncio.wait_for(probe(), timeout=2)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        return name, f"unavailable: {type(exc).__name__}"
+    return name, "ok"
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    async def database() -> None:
+        async with request.app[DB].connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def redis() -> None:
+        await request.app[REDIS].ping()
+
+    checks = dict(await asyncio.gather(_check("database", database), _check("redis", redis)))
+    ready = all(v == "ok" for v in checks.values())
+    response = web.json_response(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )
+    if not ready:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response

@@ -1,0 +1,15 @@
+"""Typed application state (aiohttp's AppKey), one key per resource."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from engine.crypto import SecretBox
+from engine.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+DB = web.AppKey("db", AsyncEngine)
+REDIS = web.AppKey("redis", aioredis.Redis)
+SECRET_BOX = web.AppKey("secret_box", SecretBox)

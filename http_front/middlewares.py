@@ -1,0 +1,126 @@
+"""Cross-cutting request handling: request ids, metrics and the one error envelope.
+
+Handlers raise engine errors (or aiohttp's HTTP exceptions for routing problems); only the
+error middleware builds error bodies, so every failure has the contract's shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from engine.errors import ServiceUnavailable, SirError
+from engine.wire import dumps
+from http_front.metrics import LATENCY, REQUESTS, route_class
+
+log = logging.getLogger("sir.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = "request_id"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+_HTTP_CODES = {
+    400: ("BadRequestError", "BAD_REQUEST"),
+    401: ("AuthenticationError", "AUTH_REQUIRED"),
+    403: ("AuthorizationError", "FORBIDDEN"),
+    404: ("NotFoundError", "NOT_FOUND"),
+    405: ("MethodNotAllowedError", "METHOD_NOT_ALLOWED"),
+    413: ("PayloadTooLargeError", "PAYLOAD_TOO_LARGE"),
+    415: ("UnsupportedMediaTypeError", "UNSUPPORTED_MEDIA_TYPE"),
+    429: ("RateLimitError", "RATE_LIMITED"),
+}
+
+
+def error_response(
+    status: int, name: str, code: str, message: str, details: dict[str, Any] | None = None
+) -> web.Response:
+    body = {"error": {"name": name, "code": code, "message": message, "details": details or {}}}
+    return web.Response(status=status, text=dumps(body), content_type="application/json")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Echo a safe caller `X-Request-Id` or make one; every response carries it and a trace id."""
+    supplied = request.headers.get("X-Request-Id", "")
+    request_id = supplied if _SAFE_ID.match(supplied) else f"req_{secrets.token_hex(12)}"
+    trace_id = secrets.token_hex(16)
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    klass = route_class(request.path)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["X-Request-Id"] = request_id
+        exc.headers["X-Trace-ID"] = trace_id
+        REQUESTS.labels(klass, request.method, str(exc.status)).inc()
+        raise
+    response.headers["X-Request-Id"] = request_id
+    response.headers["X-Trace-ID"] = trace_id
+    REQUESTS.labels(klass, request.method, str(response.status)).inc()
+    LATENCY.labels(klass).observe(time.perf_counter() - started)
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every failure to `{"error": {name, code, message, details}}`; never leak internals."""
+    try:
+        return await handler(request)
+    except SirError as exc:
+        response = error_response(exc.status, exc.name, exc.code, exc.message, exc.details)
+        if isinstance(exc, ServiceUnavailable):
+            response.headers["Retry-After"] = "5"
+        for header, value in getattr(exc, "headers", {}).items():
+            response.headers[header] = value
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        name, code = _HTTP_CODES.get(exc.status, ("HttpError", f"HTTP_{exc.status}"))
+        message = exc.reason or code
+        if exc.status == 413:
+            message = "Request body is too large"
+        response = error_response(exc.status, name, code, message)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except (
+        OperationalError,
+        InterfaceError,
+        OSError,
+        RedisConnectionError,
+        RedisTimeoutError,
+    ) as exc:
+        log.warning("dependency unreachable: %s", type(exc).__name__)
+        response = error_response(
+            503,
+            "ServiceUnavailableError",
+            "SERVICE_UNAVAILABLE",
+            "A dependency is unavailable; nothing was applied",
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            response = error_response(
+                503,
+                "ServiceUnavailableError",
+                "SERVICE_UNAVAILABLE",
+                "The database is unavailable; nothing was applied",
+            )
+            response.headers["Retry-After"] = "5"
+            return response
+        log.exception("database error on %s %s", request.method, request.path)
+        return error_response(500, "InternalError", "INTERNAL_ERROR", "Internal error")
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "InternalError", "INTERNAL_ERROR", "Internal error")

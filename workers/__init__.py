@@ -1,0 +1,1 @@
+"""Dramatiq workers and the scheduler: thin actors that decode ids and call `engine`."""
