@@ -1,0 +1,57 @@
+"""Reading request bodies: JSON only, numbers parsed exactly, contract codes on failure."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from engine.errors import SirError
+from engine.wire import dumps, loads
+from schemas.base import parse
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class MalformedJson(SirError):
+    name = "ValidationError"
+    code = "MALFORMED_JSON"
+    status = 400
+
+
+class UnsupportedMediaType(SirError):
+    name = "UnsupportedMediaTypeError"
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    status = 415
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON (non-integers as Decimal). An empty body reads as {}.
+
+    Raises UnsupportedMediaType for a non-JSON content type and MalformedJson for bad JSON.
+    The raw bytes are cached by aiohttp, so the signature check and this parse read one body.
+    """
+    raw = await request.read()
+    if not raw:
+        return {}
+    if request.content_type not in {"application/json", "application/merge-patch+json"}:
+        raise UnsupportedMediaType("Send the body as application/json")
+    try:
+        return loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedJson("The request body is not valid JSON") from None
+
+
+async def read_model(request: web.Request, model: type[M]) -> M:
+    """Read and validate the body into a wire model (422 VALIDATION_FAILED on bad fields)."""
+    return parse(model, await read_json(request))
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response through the exact encoder (tokens and decimals never pass through float)."""
+    return web.Response(
+        status=status, text=dumps(body), content_type="application/json", headers=headers
+    )

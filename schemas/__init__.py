@@ -1,0 +1,1 @@
+"""Wire models (pydantic): what crosses HTTP, camelCase, and the source of the OpenAPI document."""
