@@ -47,7 +47,7 @@ async def record(
     """Append one audit row in the caller's transaction (so a rolled-back write leaves none)."""
 
     def _clean(value: dict[str, Any] | None) -> Any:
-        # Round-trip through the wire encoder so Tokens, Decimals and datetimes store cleanly.
+        # Round-trip through the wire encoder: Tokens, Decimals and datetimes become plain JSON.
         return None if value is None else loads(dumps(redact(value)))
 
     await conn.execute(

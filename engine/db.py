@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from engine.settings import to_sqlalchemy_url
+from engine.wire import dumps, loads
 
 
 def create_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     """An asyncpg-backed engine. Create it on the event loop that will use it.
 
-    `pool_pre_ping` lets a process recover by itself after PostgreSQL restarts.
+    `pool_pre_ping` lets a process recover by itself after PostgreSQL restarts. JSONB goes
+    through the exact wire encoder, so decimals and tokens in JSON columns never touch float.
     """
     return create_async_engine(
         to_sqlalchemy_url(database_url),
@@ -22,6 +24,8 @@ def create_engine(database_url: str, *, pool_size: int = 10, max_overflow: int =
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"server_settings": {"application_name": "sir-engine"}},
+        json_serializer=dumps,
+        json_deserializer=loads,
     )
 
 
