@@ -51,3 +51,9 @@ def mask(secret: str) -> str:
     """How a key may appear in logs: its prefix and last four characters."""
     prefix = secret[:8] if secret.startswith(("sk_", "pk_")) else secret[:4]
     return f"{prefix}…{secret[-4:]}"
+
+
+def derive_key(master_key: bytes, purpose: str) -> bytes:
+    """32 bytes for one `purpose` (e.g. "sir-engine/portal-jwt/v1"), derived from the master key
+    with HKDF, so no two uses ever share key material and rotating the master rotates them all."""
+    return _derive(master_key, purpose.encode())

@@ -101,3 +101,58 @@ class LedgerImbalance(SirError):
 
 class ConfigError(Exception):
     """A wrong or missing setting. Its message is one line naming the setting."""
+
+
+# -- operator API and portal ----------------------------------------------------------------------
+
+
+class InvalidStatusTransition(Unprocessable):
+    """A partner status change the lifecycle does not allow (e.g. DEACTIVATED -> ACTIVE)."""
+
+    code = "INVALID_STATUS_TRANSITION"
+
+
+class KeyNotUsable(Unprocessable):
+    """Rotating or re-activating a key that is revoked or already past its expiry."""
+
+    code = "KEY_NOT_USABLE"
+
+
+class AlreadyDecided(Conflict):
+    """A token pool top-up request that was approved or rejected already."""
+
+    code = "REQUEST_ALREADY_DECIDED"
+
+
+class EmailTaken(Conflict):
+    code = "EMAIL_TAKEN"
+
+
+class InvalidCredentials(AuthenticationFailed):
+    """Portal login with an unknown email or a wrong password (never says which)."""
+
+    code = "INVALID_CREDENTIALS"
+
+
+class InvalidToken(AuthenticationFailed):
+    """A portal JWT that is malformed, forged, of the wrong type, or whose user is gone."""
+
+    code = "INVALID_TOKEN"
+
+
+class TokenExpired(AuthenticationFailed):
+    """A portal JWT past its `exp`: the client should refresh (access) or log in (refresh)."""
+
+    code = "TOKEN_EXPIRED"
+
+
+class PartnerNotApproved(Forbidden):
+    """Production keys need an ACTIVE partner."""
+
+    code = "PARTNER_NOT_APPROVED"
+
+
+class PartnerInactive(Forbidden):
+    """Self-service keys for a SUSPENDED or DEACTIVATED partner."""
+
+    code = "PARTNER_NOT_ACTIVE"
