@@ -156,3 +156,70 @@ class PartnerInactive(Forbidden):
     """Self-service keys for a SUSPENDED or DEACTIVATED partner."""
 
     code = "PARTNER_NOT_ACTIVE"
+
+
+# -- partner API authentication (contract 3.1, 3.2, 3.5) --------------------------------------------
+# Raised by the front's key authentication. An instance may carry a `headers` dict (rate-limit
+# headers, Retry-After) that the error middleware copies onto the response.
+
+
+class SecretKeyRequired(Forbidden):
+    """A publishable key on an endpoint that needs the secret key and a signature."""
+
+    code = "SECRET_KEY_REQUIRED"
+
+
+class InvalidApiKey(AuthenticationFailed):
+    """Unknown, revoked or deactivated key (never says which)."""
+
+    code = "INVALID_API_KEY"
+
+
+class ApiKeyExpired(AuthenticationFailed):
+    code = "API_KEY_EXPIRED"
+
+
+class TimestampOutOfRange(AuthenticationFailed):
+    """X-Timestamp more than 300 s away from server time."""
+
+    code = "TIMESTAMP_OUT_OF_RANGE"
+
+
+class InvalidSignature(AuthenticationFailed):
+    code = "INVALID_SIGNATURE"
+
+
+class PartnerSuspended(AuthenticationFailed):
+    code = "PARTNER_SUSPENDED"
+
+
+class PartnerNotActive(AuthenticationFailed):
+    """An API-key call for a DEACTIVATED partner, or a PENDING_APPROVAL one with a live key (401).
+
+    Same code as `PartnerInactive`, which is the portal's 403 for key management."""
+
+    code = "PARTNER_NOT_ACTIVE"
+
+
+class IpNotAllowed(Forbidden):
+    code = "IP_NOT_ALLOWED"
+
+
+class FeatureNotEnabled(Forbidden):
+    """An endpoint of a feature (DONATIONS, MARKETPLACE) the partner does not have."""
+
+    code = "FEATURE_NOT_ENABLED"
+
+
+class RateLimited(SirError):
+    """A budget is spent; `headers` carries Retry-After and the X-RateLimit-* headers."""
+
+    name = "RateLimitError"
+    code = "RATE_LIMITED"
+    status = 429
+
+
+class ReplayedRequest(AuthenticationFailed):
+    """A signed write whose signature was already accepted, or signed before Redis lost state."""
+
+    code = "REPLAYED_REQUEST"
