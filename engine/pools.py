@@ -14,7 +14,7 @@ from engine.ids import new_id
 from engine.ledger import EntryDraft, Leg, post_entries
 from engine.money import Tokens
 from engine.scope import Scope
-from engine.tables import ledger_accounts, token_pools
+from engine.tables import ledger_accounts, postings, token_pools
 
 
 def _restriction_problems(
@@ -171,3 +171,121 @@ async def fund_reserve(
         after={"environment": scope.environment, "amount": amount, "memo": memo},
     )
     return entry.entry_id
+
+
+# -- operator use and the pool as partners see it -------------------------------------------------
+#
+# Pool settings live in JSONB. Token figures inside them are stored as integer micro-tokens under
+# names ending in `Micro` (JSONB goes through the stdlib encoder, which cannot hold a Decimal
+# exactly, and an explicit unit keeps a reader from mistaking micro-tokens for tokens):
+#   redemption  = {"minBalanceMicro": int | None, "allowedCategories": [str] | None}
+#   auto_refill = {"enabled": bool, "thresholdMicro": int, "amountMicro": int, "maxPerDay": int}
+
+
+def encode_settings(
+    *,
+    redemption_min_balance: Tokens | None,
+    allowed_categories: list[str] | None,
+    refill_enabled: bool,
+    refill_threshold: Tokens,
+    refill_amount: Tokens,
+    refill_max_per_day: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(redemption, auto_refill) JSONB documents from wire values. Raises ValidationFailed."""
+    problems: dict[str, list[str]] = {}
+    if redemption_min_balance is not None and redemption_min_balance.micro < 0:
+        problems["restrictions.redemption.minBalance"] = ["must be 0 or more"]
+    if refill_threshold.micro < 0:
+        problems["autoRefill.threshold"] = ["must be 0 or more"]
+    if refill_amount.micro < 0:
+        problems["autoRefill.amount"] = ["must be 0 or more"]
+    if refill_max_per_day < 0:
+        problems["autoRefill.maxPerDay"] = ["must be 0 or more"]
+    if refill_enabled and not refill_amount.is_positive:
+        problems["autoRefill.amount"] = ["must be greater than 0 when auto-refill is enabled"]
+    if refill_enabled and refill_max_per_day < 1:
+        problems["autoRefill.maxPerDay"] = ["must be at least 1 when auto-refill is enabled"]
+    if problems:
+        raise ValidationFailed(problems)
+    redemption = {
+        "minBalanceMicro": None if redemption_min_balance is None else redemption_min_balance.micro,
+        "allowedCategories": allowed_categories,
+    }
+    auto_refill = {
+        "enabled": refill_enabled,
+        "thresholdMicro": refill_threshold.micro,
+        "amountMicro": refill_amount.micro,
+        "maxPerDay": refill_max_per_day,
+    }
+    return redemption, auto_refill
+
+
+async def find_pool(conn: AsyncConnection, partner_id: str, pool_id: str) -> dict[str, Any]:
+    """A pool of this partner in either environment (operators name pools by id alone)."""
+    row = (
+        (
+            await conn.execute(
+                select(token_pools).where(
+                    token_pools.c.id == pool_id, token_pools.c.partner_id == partner_id
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"token pool {pool_id} not found")
+    return dict(row)
+
+
+async def pool_view(conn: AsyncConnection, scope: Scope, pool_id: str) -> dict[str, Any]:
+    """The pool row plus its figures: `balance`, `allocated_total` (allocations and refills
+    into it), `distributed_total` (= allocated_total - balance: everything that left the pool,
+    net of reversals) and the partner's `reserve_balance`, all as Tokens. Raises NotFound."""
+    row = (
+        (
+            await conn.execute(
+                select(token_pools).where(
+                    token_pools.c.id == pool_id,
+                    token_pools.c.partner_id == scope.partner_id,
+                    token_pools.c.environment == scope.environment,
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"token pool {pool_id} not found")
+    account = await pool_account(conn, scope, pool_id)
+    balance = await pool_balance(conn, scope, pool_id)
+    allocated = (
+        await conn.execute(
+            select(func.coalesce(func.sum(postings.c.amount), 0)).where(
+                postings.c.account_id == account,
+                postings.c.partner_id == scope.partner_id,
+                postings.c.environment == scope.environment,
+                postings.c.type.in_(("ALLOCATION", "REFILL")),
+                postings.c.amount > 0,
+            )
+        )
+    ).scalar_one()
+    allocated_total = Tokens(int(allocated))
+    return {
+        **dict(row),
+        "balance": balance,
+        "allocated_total": allocated_total,
+        "distributed_total": allocated_total - balance,
+        "reserve_balance": await reserve_balance(conn, scope),
+    }
+
+
+async def reserve_balance(conn: AsyncConnection, scope: Scope) -> Tokens:
+    row = await conn.execute(
+        select(ledger_accounts.c.balance).where(
+            ledger_accounts.c.partner_id == scope.partner_id,
+            ledger_accounts.c.environment == scope.environment,
+            ledger_accounts.c.kind == "RESERVE",
+        )
+    )
+    return Tokens(int(row.scalar_one_or_none() or 0))
