@@ -78,6 +78,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     _configure_logging(settings.log_level)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
     run(settings.redis_url)
     return 0
 
