@@ -291,7 +291,7 @@ async def register_partner(
     """
     core = {"name", "slug", "status", "tier", "enabled_features", "contact_email", "legal_entity"}
     core |= {"action_types", "stakeholder_types"}
-    checked = _check_changes({k: v for k, v in fields.items() if k != "slug"})
+    checked = _check_changes({k: v for k, v in fields.items() if k != "slug" and v is not None})
     created = await create_partner(
         conn,
         actor=actor,
