@@ -13,6 +13,7 @@ from engine.settings import Settings
 from http_front import admin, health
 from http_front.keys import DB, REDIS, SECRET_BOX, SETTINGS
 from http_front.middlewares import error_middleware, request_id_middleware
+from http_front.users import add_routes as add_user_routes
 
 MAX_BODY = 1024 * 1024  # 1 MiB; /actions/batch raises its own limit to 8 MiB
 
@@ -46,4 +47,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_redis)
     app.add_routes(health.routes)
     admin.add_routes(app)
+    add_user_routes(app)
     return app
