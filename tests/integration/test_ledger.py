@@ -13,7 +13,15 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from engine.accounts import pool_account, singleton_account, wallet
 from engine.errors import LedgerImbalance
 from engine.ids import new_id
-from engine.ledger import EntryDraft, Leg, LotCredit, consume_lots, debit_if_covered, open_lots, post_entries
+from engine.ledger import (
+    EntryDraft,
+    Leg,
+    LotCredit,
+    consume_lots,
+    debit_if_covered,
+    open_lots,
+    post_entries,
+)
 from engine.money import Tokens
 from engine.pools import pool_balance
 from engine.tables import ledger_accounts, lots, partner_users
@@ -26,7 +34,10 @@ async def _user(conn, scope, external="u1"):
     user_id = new_id()
     await conn.execute(
         partner_users.insert().values(
-            id=user_id, partner_id=scope.partner_id, environment=scope.environment, external_user_id=external
+            id=user_id,
+            partner_id=scope.partner_id,
+            environment=scope.environment,
+            external_user_id=external,
         )
     )
     return user_id
@@ -39,8 +50,12 @@ async def _grant(conn, scope, pool_id, user_id, amount, *, vests_at=None, expire
     locked = vests_at is not None
     target = w.locked_id if locked else w.available_id
     assert await debit_if_covered(conn, scope, pool_acct, amount) is not None
-    draft = EntryDraft("DISTRIBUTION", (Leg(pool_acct, -amount, "DEBIT"), Leg(target, amount, "CREDIT")))
-    (entry,), balances = await post_entries(conn, scope, [draft], already_applied={pool_acct: -amount.micro})
+    draft = EntryDraft(
+        "DISTRIBUTION", (Leg(pool_acct, -amount, "DEBIT"), Leg(target, amount, "CREDIT"))
+    )
+    (entry,), balances = await post_entries(
+        conn, scope, [draft], already_applied={pool_acct: -amount.micro}
+    )
     await open_lots(
         conn,
         scope,
@@ -55,7 +70,11 @@ async def test_allocation_moves_issuance_into_pool(db, make_partner):
     async with db.connect() as conn:
         assert await pool_balance(conn, partner.scope, partner.pool_id) == T("250.5")
         issuance = await singleton_account(conn, partner.scope, "ISSUANCE")
-        balance = (await conn.execute(select(ledger_accounts.c.balance).where(ledger_accounts.c.id == issuance))).scalar_one()
+        balance = (
+            await conn.execute(
+                select(ledger_accounts.c.balance).where(ledger_accounts.c.id == issuance)
+            )
+        ).scalar_one()
         assert balance == -T("250.5").micro
         report = await verify_ledger(conn, partner.scope)
     assert report.ok, report.render()
@@ -67,10 +86,17 @@ async def test_engine_refuses_unbalanced_entry_and_writes_nothing(db, make_partn
     async with db.connect() as conn:
         pool_acct = await pool_account(conn, partner.scope, partner.pool_id)
         issuance = await singleton_account(conn, partner.scope, "ISSUANCE")
-        draft = EntryDraft("CORRECTION", (Leg(issuance, T("-1"), "ALLOCATION"), Leg(pool_acct, T("2"), "ALLOCATION")))
+        draft = EntryDraft(
+            "CORRECTION",
+            (Leg(issuance, T("-1"), "ALLOCATION"), Leg(pool_acct, T("2"), "ALLOCATION")),
+        )
         with pytest.raises(LedgerImbalance):
             await post_entries(conn, partner.scope, [draft])
-        count = (await conn.execute(text("SELECT count(*) FROM journal_entries WHERE id = :id"), {"id": draft.entry_id})).scalar_one()
+        count = (
+            await conn.execute(
+                text("SELECT count(*) FROM journal_entries WHERE id = :id"), {"id": draft.entry_id}
+            )
+        ).scalar_one()
         assert count == 0
 
 
@@ -81,7 +107,9 @@ async def test_database_refuses_unbalanced_postings_written_around_the_engine(db
         entry_id = new_id()
         params = {**partner.scope.params, "e": entry_id, "a": pool_acct}
         await conn.execute(
-            text("INSERT INTO journal_entries (id, partner_id, environment, kind) VALUES (:e, :partner_id, :environment, 'CORRECTION')"),
+            text(
+                "INSERT INTO journal_entries (id, partner_id, environment, kind) VALUES (:e, :partner_id, :environment, 'CORRECTION')"
+            ),
             params,
         )
         with pytest.raises(DBAPIError, match="does not balance"):
@@ -100,11 +128,15 @@ async def test_postings_are_append_only(db, make_partner):
     async with db.connect() as conn:
         with pytest.raises(DBAPIError, match="append-only"):
             await conn.execute(
-                text("UPDATE postings SET amount = amount * 2 WHERE partner_id = :partner_id"), partner.scope.params
+                text("UPDATE postings SET amount = amount * 2 WHERE partner_id = :partner_id"),
+                partner.scope.params,
             )
         await conn.rollback()
         with pytest.raises(DBAPIError, match="append-only"):
-            await conn.execute(text("DELETE FROM journal_entries WHERE partner_id = :partner_id"), partner.scope.params)
+            await conn.execute(
+                text("DELETE FROM journal_entries WHERE partner_id = :partner_id"),
+                partner.scope.params,
+            )
         await conn.rollback()
 
 
@@ -114,7 +146,10 @@ async def test_posting_to_another_partners_account_is_refused(db, make_partner):
     async with db.connect() as conn:
         their_pool = await pool_account(conn, theirs.scope, theirs.pool_id)
         my_issuance = await singleton_account(conn, mine.scope, "ISSUANCE")
-        draft = EntryDraft("ALLOCATION", (Leg(my_issuance, T("-1"), "ALLOCATION"), Leg(their_pool, T("1"), "ALLOCATION")))
+        draft = EntryDraft(
+            "ALLOCATION",
+            (Leg(my_issuance, T("-1"), "ALLOCATION"), Leg(their_pool, T("1"), "ALLOCATION")),
+        )
         with pytest.raises(IntegrityError, match="fk_postings_account_scoped"):
             await post_entries(conn, mine.scope, [draft])
         await conn.rollback()
@@ -125,7 +160,8 @@ async def test_pool_can_never_go_negative_in_the_database(db, make_partner):
     async with db.connect() as conn:
         with pytest.raises(IntegrityError, match="balance_sign"):
             await conn.execute(
-                text("UPDATE ledger_accounts SET balance = -1 WHERE pool_id = :p"), {"p": partner.pool_id}
+                text("UPDATE ledger_accounts SET balance = -1 WHERE pool_id = :p"),
+                {"p": partner.pool_id},
             )
         await conn.rollback()
 
@@ -152,9 +188,19 @@ async def test_concurrent_grants_never_overdraw_and_conserve_tokens(db, make_par
             w = await wallet(conn, partner.scope, partner_user_id=user_id)
             if await debit_if_covered(conn, partner.scope, pool_acct, T("1")) is None:
                 return False
-            draft = EntryDraft("DISTRIBUTION", (Leg(pool_acct, T("-1"), "DEBIT"), Leg(w.available_id, T("1"), "CREDIT")))
-            (entry,), balances = await post_entries(conn, partner.scope, [draft], already_applied={pool_acct: -1_000_000})
-            await open_lots(conn, partner.scope, [LotCredit(w.available_id, entry.posting_ids[1], T("1"), None, None, None, False)], balances)
+            draft = EntryDraft(
+                "DISTRIBUTION",
+                (Leg(pool_acct, T("-1"), "DEBIT"), Leg(w.available_id, T("1"), "CREDIT")),
+            )
+            (entry,), balances = await post_entries(
+                conn, partner.scope, [draft], already_applied={pool_acct: -1_000_000}
+            )
+            await open_lots(
+                conn,
+                partner.scope,
+                [LotCredit(w.available_id, entry.posting_ids[1], T("1"), None, None, None, False)],
+                balances,
+            )
             return True
 
     results = await asyncio.gather(*(attempt(u) for u in users))
@@ -170,8 +216,20 @@ async def test_vesting_lot_lives_in_the_locked_account(db, make_partner):
     now = datetime.now(UTC)
     async with db.begin() as conn:
         user = await _user(conn, partner.scope)
-        w = await _grant(conn, partner.scope, partner.pool_id, user, T("30"), vests_at=now + timedelta(days=7), expires_at=now + timedelta(days=30))
-        lot = (await conn.execute(select(lots).where(lots.c.account_id == w.locked_id))).mappings().one()
+        w = await _grant(
+            conn,
+            partner.scope,
+            partner.pool_id,
+            user,
+            T("30"),
+            vests_at=now + timedelta(days=7),
+            expires_at=now + timedelta(days=30),
+        )
+        lot = (
+            (await conn.execute(select(lots).where(lots.c.account_id == w.locked_id)))
+            .mappings()
+            .one()
+        )
         assert lot["remaining"] == T("30").micro and lot["vests_at"] is not None
         report = await verify_ledger(conn, partner.scope)
     assert report.ok, report.render()
@@ -183,13 +241,27 @@ async def test_spending_takes_earliest_expiring_lots_first(db, make_partner):
     async with db.begin() as conn:
         user = await _user(conn, partner.scope)
         await _grant(conn, partner.scope, partner.pool_id, user, T("10"))  # never expires
-        await _grant(conn, partner.scope, partner.pool_id, user, T("5"), expires_at=now + timedelta(days=60))
-        w = await _grant(conn, partner.scope, partner.pool_id, user, T("3"), expires_at=now + timedelta(days=10))
+        await _grant(
+            conn, partner.scope, partner.pool_id, user, T("5"), expires_at=now + timedelta(days=60)
+        )
+        w = await _grant(
+            conn, partner.scope, partner.pool_id, user, T("3"), expires_at=now + timedelta(days=10)
+        )
         covered = await consume_lots(conn, partner.scope, w.available_id, T("6"))
         assert covered == T("6")
-        rows = (await conn.execute(select(lots.c.amount, lots.c.remaining).where(lots.c.account_id == w.available_id).order_by(lots.c.id))).all()
+        rows = (
+            await conn.execute(
+                select(lots.c.amount, lots.c.remaining)
+                .where(lots.c.account_id == w.available_id)
+                .order_by(lots.c.id)
+            )
+        ).all()
         # the 3 expiring soonest went first, then 3 of the 5; the non-expiring 10 untouched
-        assert [(a, r) for a, r in rows] == [(T("10").micro, T("10").micro), (T("5").micro, T("2").micro), (T("3").micro, 0)]
+        assert [(a, r) for a, r in rows] == [
+            (T("10").micro, T("10").micro),
+            (T("5").micro, T("2").micro),
+            (T("3").micro, 0),
+        ]
         assert await consume_lots(conn, partner.scope, w.available_id, T("100")) == T("12")
         await conn.rollback()
 
@@ -201,10 +273,17 @@ async def test_debt_is_repaid_first_by_later_credits(db, make_partner):
         w = await wallet(conn, partner.scope, partner_user_id=user)
         pool_acct = await pool_account(conn, partner.scope, partner.pool_id)
         # A reversal that finds nothing to take leaves a debt of 4 on the available balance.
-        reversal = EntryDraft("REVERSAL", (Leg(w.available_id, T("-4"), "REVERSAL"), Leg(pool_acct, T("4"), "REVERSAL")))
+        reversal = EntryDraft(
+            "REVERSAL",
+            (Leg(w.available_id, T("-4"), "REVERSAL"), Leg(pool_acct, T("4"), "REVERSAL")),
+        )
         await post_entries(conn, partner.scope, [reversal])
         await _grant(conn, partner.scope, partner.pool_id, user, T("10"))
-        lot = (await conn.execute(select(lots.c.amount, lots.c.remaining).where(lots.c.account_id == w.available_id))).one()
+        lot = (
+            await conn.execute(
+                select(lots.c.amount, lots.c.remaining).where(lots.c.account_id == w.available_id)
+            )
+        ).one()
         assert tuple(lot) == (T("10").micro, T("6").micro)
         report = await verify_ledger(conn, partner.scope)
         assert report.ok, report.render()
@@ -215,7 +294,8 @@ async def test_verify_catches_a_corrupted_balance_cache(db, make_partner):
     partner = await make_partner(funding="42")
     async with db.begin() as conn:
         await conn.execute(
-            text("UPDATE ledger_accounts SET balance = balance + 7 WHERE pool_id = :p"), {"p": partner.pool_id}
+            text("UPDATE ledger_accounts SET balance = balance + 7 WHERE pool_id = :p"),
+            {"p": partner.pool_id},
         )
         report = await verify_ledger(conn, partner.scope)
         await conn.rollback()

@@ -10,11 +10,17 @@ from engine.money import Tokens
 
 
 def test_balanced_entry_passes():
-    assert_balanced(EntryDraft("ALLOCATION", (Leg(1, Tokens(-5), "ALLOCATION"), Leg(2, Tokens(5), "ALLOCATION"))))
+    assert_balanced(
+        EntryDraft(
+            "ALLOCATION", (Leg(1, Tokens(-5), "ALLOCATION"), Leg(2, Tokens(5), "ALLOCATION"))
+        )
+    )
 
 
 def test_unbalanced_entry_is_refused_with_the_difference():
-    draft = EntryDraft("ALLOCATION", (Leg(1, Tokens(-5), "ALLOCATION"), Leg(2, Tokens(6), "ALLOCATION")))
+    draft = EntryDraft(
+        "ALLOCATION", (Leg(1, Tokens(-5), "ALLOCATION"), Leg(2, Tokens(6), "ALLOCATION"))
+    )
     with pytest.raises(LedgerImbalance, match="off by 0.000001"):
         assert_balanced(draft)
 

@@ -30,7 +30,9 @@ def test_parse_exact(text, micro):
     assert Tokens.parse(Decimal(text)).micro == micro
 
 
-@pytest.mark.parametrize("bad", ["0.0000001", "abc", "", " 1", "1_000", "NaN", "Infinity", True, None, [1]])
+@pytest.mark.parametrize(
+    "bad", ["0.0000001", "abc", "", " 1", "1_000", "NaN", "Infinity", True, None, [1]]
+)
 def test_parse_refuses(bad):
     with pytest.raises(InvalidAmount):
         Tokens.parse(bad)
@@ -49,7 +51,12 @@ def test_bigint_bound():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("66.6666669", "66.666666"), ("-1.0000019", "-1.000001"), ("0.0000009", "0.000000"), ("5", "5.000000")],
+    [
+        ("66.6666669", "66.666666"),
+        ("-1.0000019", "-1.000001"),
+        ("0.0000009", "0.000000"),
+        ("5", "5.000000"),
+    ],
 )
 def test_floor6_rounds_toward_zero(value, expected):
     assert floor6(Decimal(value)) == Decimal(expected)
@@ -57,7 +64,13 @@ def test_floor6_rounds_toward_zero(value, expected):
 
 @pytest.mark.parametrize(
     ("micro", "text"),
-    [(0, "0"), (46_662_000, "46.662"), (100_000_000, "100"), (-1, "-0.000001"), (1_000_001, "1.000001")],
+    [
+        (0, "0"),
+        (46_662_000, "46.662"),
+        (100_000_000, "100"),
+        (-1, "-0.000001"),
+        (1_000_001, "1.000001"),
+    ],
 )
 def test_format_canonical(micro, text):
     assert Tokens(micro).format() == text
@@ -88,7 +101,11 @@ def test_format_parse_round_trip(micro):
     assert Tokens.parse(loads(dumps({"a": tokens}))["a"]) == tokens
 
 
-@given(st.decimals(min_value=-10**12, max_value=10**12, allow_nan=False, allow_infinity=False, places=9))
+@given(
+    st.decimals(
+        min_value=-(10**12), max_value=10**12, allow_nan=False, allow_infinity=False, places=9
+    )
+)
 def test_floor_never_increases_magnitude(value):
     floored = Tokens.floor(value).to_decimal()
     assert abs(floored) <= abs(value)

@@ -51,7 +51,9 @@ def test_bad_setting_names_itself_in_one_line(change, named):
 
 
 def test_commands_that_need_only_the_database():
-    settings = load_settings({"DATABASE_URL": BASE["DATABASE_URL"]}, need_redis=False, need_master_key=False)
+    settings = load_settings(
+        {"DATABASE_URL": BASE["DATABASE_URL"]}, need_redis=False, need_master_key=False
+    )
     assert settings.redis_url == ""
 
 
@@ -62,8 +64,12 @@ def test_master_key_accepts_hex_and_base64():
 
 def test_trusted_proxies_and_flags():
     settings = load_settings(
-        {**BASE, "SIR_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1", "SIR_WEBHOOK_ALLOW_PRIVATE": "true",
-         "SIR_OPERATOR_TOKENS": "a" * 20 + "," + "b" * 20}
+        {
+            **BASE,
+            "SIR_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+            "SIR_WEBHOOK_ALLOW_PRIVATE": "true",
+            "SIR_OPERATOR_TOKENS": "a" * 20 + "," + "b" * 20,
+        }
     )
     assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8", "127.0.0.1/32"]
     assert settings.webhook_allow_private is True
