@@ -223,3 +223,59 @@ class ReplayedRequest(AuthenticationFailed):
     """A signed write whose signature was already accepted, or signed before Redis lost state."""
 
     code = "REPLAYED_REQUEST"
+
+
+# -- actions (contract section 7) -----------------------------------------------------------------
+
+
+class Idempotent(Conflict):
+    """The same key and body again: nothing is applied twice; the original answer rides along."""
+
+    code = "IDEMPOTENT"
+
+    def __init__(self, original: dict[str, Any]) -> None:
+        super().__init__(
+            "This idempotency key was already used with this body; nothing was applied again",
+            details={"original": original},
+        )
+        self.headers = {"Idempotent-Replayed": "true"}
+
+
+class IdempotencyKeyReused(Unprocessable):
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class IdempotencyInProgress(Conflict):
+    code = "IDEMPOTENCY_IN_PROGRESS"
+
+
+class UnknownActionType(Unprocessable):
+    code = "UNKNOWN_ACTION_TYPE"
+
+
+class UnknownStakeholderType(Unprocessable):
+    code = "UNKNOWN_STAKEHOLDER_TYPE"
+
+
+class UnknownUser(Unprocessable):
+    code = "UNKNOWN_USER"
+
+
+class UnknownOrganization(Unprocessable):
+    code = "UNKNOWN_ORGANIZATION"
+
+
+class CampaignNotApplicable(Unprocessable):
+    code = "CAMPAIGN_NOT_APPLICABLE"
+
+
+class CampaignBudgetExhausted(PaymentRequired):
+    code = "CAMPAIGN_BUDGET_EXHAUSTED"
+
+
+class InsufficientPool(PaymentRequired):
+    code = "INSUFFICIENT_POOL"
+
+
+class NoActivePool(PaymentRequired):
+    code = "NO_ACTIVE_POOL"

@@ -30,6 +30,9 @@ class Leg:
     account_id: int
     amount: Tokens
     type: str
+    # The posting's (partner-visible transaction) id, when the caller must know it before
+    # posting (an action's response lists its transaction ids); generated otherwise.
+    posting_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in POSTING_TYPES:
@@ -145,7 +148,7 @@ async def post_entries(
     for draft in drafts:
         leg_ids = []
         for leg in draft.legs:
-            posting_id = new_id()
+            posting_id = leg.posting_id or new_id()
             leg_ids.append(posting_id)
             p_ids.append(posting_id)
             p_entries.append(draft.entry_id)
