@@ -503,23 +503,31 @@ async def get_balance(
     )
 
 
-# The pool a line concerns: the pool leg of its own journal entry (distribution, reversal), else
-# the pool of the action the entry belongs to (vesting and expiry entries have no pool leg).
-_TRANSACTIONS = """
-SELECT p.id, p.type, p.amount, p.created_at, a.kind AS account_kind, e.action_id, e.order_id,
-       l.vests_at, l.expires_at,
+# The page is cut first (inner query) and only its rows are enriched. The pool a line concerns:
+# the pool leg of its own journal entry (distribution, reversal), else the pool of the action
+# the entry belongs to (vesting and expiry entries have no pool leg).
+_PAGE = """
+SELECT p.id, p.type, p.amount, p.created_at, p.account_id, p.entry_id
+FROM postings p
+WHERE p.account_id = ANY(:account_ids)
+  AND p.partner_id = :partner_id AND p.environment = :environment{filters}
+ORDER BY p.created_at DESC, p.id DESC LIMIT :n
+"""
+
+_ENRICHED = """
+SELECT pg.id, pg.type, pg.amount, pg.created_at, a.kind AS account_kind, e.action_id,
+       e.order_id, l.vests_at, l.expires_at,
        COALESCE(
          (SELECT pa.pool_id FROM postings pp JOIN ledger_accounts pa ON pa.id = pp.account_id
-           WHERE pp.entry_id = p.entry_id AND pa.kind = 'POOL' LIMIT 1),
+           WHERE pp.entry_id = pg.entry_id AND pa.kind = 'POOL' LIMIT 1),
          (SELECT ac.pool_id FROM actions ac WHERE ac.id = e.action_id
-           AND ac.partner_id = p.partner_id AND ac.environment = p.environment)
+           AND ac.partner_id = :partner_id AND ac.environment = :environment)
        ) AS pool_id
-FROM postings p
-JOIN ledger_accounts a ON a.id = p.account_id
-JOIN journal_entries e ON e.id = p.entry_id
-LEFT JOIN lots l ON l.posting_id = p.id
-WHERE p.account_id = ANY(:account_ids)
-  AND p.partner_id = :partner_id AND p.environment = :environment
+FROM ({page}) pg
+JOIN ledger_accounts a ON a.id = pg.account_id
+JOIN journal_entries e ON e.id = pg.entry_id
+LEFT JOIN lots l ON l.posting_id = pg.id
+ORDER BY pg.created_at DESC, pg.id DESC
 """
 
 
@@ -556,25 +564,26 @@ async def list_transactions(
     accounts = await _wallet_accounts(conn, scope, user["id"])
     if not accounts:
         return [], None
-    sql = _TRANSACTIONS
+    filters = ""
     params: dict[str, Any] = {
         **scope.params,
         "account_ids": [account_id for account_id, _ in accounts.values()],
         "n": page.limit + 1,
     }
     if posting_type is not None:
-        sql += " AND p.type = :type"
+        filters += " AND p.type = :type"
         params["type"] = posting_type
     if created_from is not None:
-        sql += " AND p.created_at >= :created_from"
+        filters += " AND p.created_at >= :created_from"
         params["created_from"] = created_from
     if created_to is not None:
-        sql += " AND p.created_at < :created_to"
+        filters += " AND p.created_at < :created_to"
         params["created_to"] = created_to
     if page.after is not None:
-        sql += " AND (p.created_at, p.id) < (:after_t, :after_id)"
+        filters += " AND (p.created_at, p.id) < (:after_t, :after_id)"
         params["after_t"], params["after_id"] = page.after
-    sql += " ORDER BY p.created_at DESC, p.id DESC LIMIT :n"
+    # Only fixed fragments are spliced in; every value is a bound parameter.
+    sql = _ENRICHED.format(page=_PAGE.format(filters=filters))
     result = await conn.execute(text(sql).bindparams(_ACCOUNT_IDS), params)
     rows: list[Mapping[str, Any]] = [dict(row) for row in result.mappings()]
     lines = [
