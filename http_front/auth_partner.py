@@ -86,13 +86,14 @@ TIMESTAMP_TOLERANCE = 300  # seconds either side of server time (contract 3.1)
 REPLAY_TTL = 2 * TIMESTAMP_TOLERANCE + 60
 EPOCH_KEY = "sir:replay:epoch"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-CLIENT_IP = "sir.client_ip"  # request[CLIENT_IP]: the client address the checks used
+# request[CLIENT_IP]: the client address the checks used (None for a unix socket peer)
+CLIENT_IP = web.RequestKey("sir.client_ip", object)
 
 _TIMESTAMP = re.compile(r"^[0-9]{1,15}$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _FEATURES_ATTR = "__sir_features__"
 _AUTH_ATTR = "__sir_auth__"
-_CHECKED_FEATURES = "sir.checked_features"
+_CHECKED_FEATURES = web.RequestKey("sir.checked_features", tuple)
 
 # Outcomes of the guard script.
 _ALLOWED, _RATE_LIMITED, _BEFORE_EPOCH, _REPLAYED = 1, 0, 2, 3
