@@ -325,8 +325,8 @@ async def fetch_page(
             )
         )
     query = query.order_by(created_col.desc(), id_col.desc()).limit(page.limit + 1)
-    rows = [dict(r) for r in (await conn.execute(query)).mappings()]
-    return rows[: page.limit], next_cursor(page, rows)
+    rows: list[dict[str, Any]] = [dict(r) for r in (await conn.execute(query)).mappings()]
+    return rows[: page.limit], next_cursor(page, list[Mapping[str, Any]](rows))
 
 
 async def list_partners(
