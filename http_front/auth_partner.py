@@ -427,22 +427,33 @@ async def _guard(
     verdict = verdict_of(reply, limits)
     outcome = int(reply[0])
     if outcome == _RATE_LIMITED:
-        error = RateLimited(
-            "Rate limit exceeded; retry after the number of seconds in Retry-After",
-            details={"retryAfter": verdict.retry_after},
+        raise _with_headers(
+            RateLimited(
+                "Rate limit exceeded; retry after the number of seconds in Retry-After",
+                details={"retryAfter": verdict.retry_after},
+            ),
+            verdict,
         )
-        error.headers = verdict.headers()  # type: ignore[attr-defined]
-        raise error
-    if outcome in (_BEFORE_EPOCH, _REPLAYED):
-        error = ReplayedRequest(
-            "This signed request was already received; sign every request afresh"
-            if outcome == _REPLAYED
-            else "This request was signed before the server's replay state was reset; "
-            "sign it afresh"
+    if outcome == _REPLAYED:
+        raise _with_headers(
+            ReplayedRequest("This signed request was already received; sign every request afresh"),
+            verdict,
         )
-        error.headers = verdict.headers()  # type: ignore[attr-defined]
-        raise error
+    if outcome == _BEFORE_EPOCH:
+        raise _with_headers(
+            ReplayedRequest(
+                "This request was signed before the server's replay state was reset; sign it afresh"
+            ),
+            verdict,
+        )
     return verdict
+
+
+def _with_headers(error: SirError, verdict: Verdict) -> SirError:
+    """Refusals after authentication still carry the budget headers (the error middleware
+    copies an exception's `headers` onto the response)."""
+    error.headers = verdict.headers()  # type: ignore[attr-defined]
+    return error
 
 
 async def ensure_replay_epoch(redis: aioredis.Redis) -> int:
