@@ -6,9 +6,10 @@ opener is an `INSERT ... ON CONFLICT DO NOTHING` followed by a read, which never
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import ARRAY, Text, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.scope import Scope
@@ -106,3 +107,57 @@ async def wallet(
     )
     ids = {kind: int(account_id) for kind, account_id in rows}
     return Wallet(available_id=ids["WALLET_AVAILABLE"], locked_id=ids["WALLET_LOCKED"])
+
+
+async def wallets_for(
+    conn: AsyncConnection,
+    scope: Scope,
+    *,
+    user_ids: Sequence[str] = (),
+    organization_ids: Sequence[str] = (),
+) -> dict[tuple[str, str], Wallet]:
+    """Wallets of many owners at once (opened where new), keyed ("user"|"organization", id).
+
+    Two statements whatever the count: the distribution hot path calls this once per batch.
+    """
+    users = sorted(set(user_ids))
+    orgs = sorted(set(organization_ids))
+    if users:
+        await conn.execute(
+            text(
+                "INSERT INTO ledger_accounts (partner_id, environment, kind, partner_user_id) "
+                "SELECT :partner_id, :environment, k.kind, u.id FROM unnest(:ids) AS u(id) "
+                "CROSS JOIN (VALUES ('WALLET_AVAILABLE'), ('WALLET_LOCKED')) AS k(kind) "
+                "ON CONFLICT (partner_user_id, kind) WHERE partner_user_id IS NOT NULL DO NOTHING"
+            ).bindparams(bindparam("ids", type_=ARRAY(Text))),
+            {**scope.params, "ids": users},
+        )
+    if orgs:
+        await conn.execute(
+            text(
+                "INSERT INTO ledger_accounts (partner_id, environment, kind, organization_id) "
+                "SELECT :partner_id, :environment, k.kind, o.id FROM unnest(:ids) AS o(id) "
+                "CROSS JOIN (VALUES ('WALLET_AVAILABLE'), ('WALLET_LOCKED')) AS k(kind) "
+                "ON CONFLICT (partner_id, environment, organization_id, kind) "
+                "WHERE organization_id IS NOT NULL DO NOTHING"
+            ).bindparams(bindparam("ids", type_=ARRAY(Text))),
+            {**scope.params, "ids": orgs},
+        )
+    if not users and not orgs:
+        return {}
+    rows = await conn.execute(
+        text(
+            "SELECT partner_user_id, organization_id, kind, id FROM ledger_accounts "
+            "WHERE partner_id = :partner_id AND environment = :environment "
+            "AND kind IN ('WALLET_AVAILABLE', 'WALLET_LOCKED') "
+            "AND (partner_user_id = ANY(:users) OR organization_id = ANY(:orgs))"
+        ).bindparams(bindparam("users", type_=ARRAY(Text)), bindparam("orgs", type_=ARRAY(Text))),
+        {**scope.params, "users": users, "orgs": orgs},
+    )
+    found: dict[tuple[str, str], dict[str, int]] = {}
+    for user_id, org_id, kind, account_id in rows:
+        owner = ("user", user_id) if user_id is not None else ("organization", org_id)
+        found.setdefault(owner, {})[kind] = int(account_id)
+    return {
+        owner: Wallet(ids["WALLET_AVAILABLE"], ids["WALLET_LOCKED"]) for owner, ids in found.items()
+    }

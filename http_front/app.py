@@ -10,7 +10,7 @@ from aiohttp import web
 from engine.crypto import SecretBox
 from engine.db import create_engine
 from engine.settings import Settings
-from http_front import admin, health, portal
+from http_front import actions, admin, health, portal
 from http_front.keys import DB, REDIS, SECRET_BOX, SETTINGS
 from http_front.middlewares import error_middleware, request_id_middleware
 from http_front.users import add_routes as add_user_routes
@@ -47,6 +47,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_redis)
     app.add_routes(health.routes)
     admin.add_routes(app)
+    actions.add_routes(app)
     portal.add_routes(app)
     add_user_routes(app)
     return app

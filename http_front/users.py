@@ -6,16 +6,15 @@ environment from the key), so another partner's or environment's user answers 40
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from engine import users
-from engine.errors import ValidationFailed
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response, read_model
 from http_front.keys import DB
+from http_front.params import time_range
 from http_front.principal import principal
 from schemas.users import UpdateUser, UpsertUser
 
@@ -73,37 +72,6 @@ def transaction_view(line: users.Transaction) -> dict[str, Any]:
     }
 
 
-# -- query parameters ----------------------------------------------------------------------------------
-
-
-def _time_param(request: web.Request, name: str) -> datetime | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    # An unencoded "+" of a UTC offset arrives as a space (form decoding of the query).
-    raw = raw.replace(" ", "+")
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise ValidationFailed({name: ["must be an RFC 3339 time with an offset"]})
-    return moment
-
-
-def _time_range(request: web.Request) -> tuple[datetime | None, datetime | None]:
-    problems: dict[str, list[str]] = {}
-    found: dict[str, datetime | None] = {}
-    for name in ("from", "to"):
-        try:
-            found[name] = _time_param(request, name)
-        except ValidationFailed as exc:
-            problems.update(exc.fields)
-    if problems:
-        raise ValidationFailed(problems)
-    return found["from"], found["to"]
-
-
 def _external_id(request: web.Request) -> str:
     # aiohttp has already percent-decoded the segment (an id may hold an encoded "/").
     return request.match_info["external_id"]
@@ -114,7 +82,7 @@ def _external_id(request: web.Request) -> str:
 
 @secret_key_required
 async def list_users(request: web.Request) -> web.Response:
-    created_from, created_to = _time_range(request)
+    created_from, created_to = time_range(request)
     async with request.app[DB].connect() as conn:
         page, cursor = await users.list_users(
             conn,
@@ -179,7 +147,7 @@ async def get_balance(request: web.Request) -> web.Response:
 
 @secret_key_required
 async def list_transactions(request: web.Request) -> web.Response:
-    created_from, created_to = _time_range(request)
+    created_from, created_to = time_range(request)
     async with request.app[DB].connect() as conn:
         lines, cursor = await users.list_transactions(
             conn,

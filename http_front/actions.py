@@ -1,0 +1,56 @@
+"""Action endpoints (contract section 7, "Actions"): translate HTTP to `engine.submit` and
+`engine.actions`. Submit is synchronous: 200 with everything applied, or an error with nothing."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from engine import actions
+from engine.submit import submit_action
+from http_front.auth_partner import secret_key_required
+from http_front.body import json_response, read_model
+from http_front.keys import DB
+from http_front.params import time_range
+from http_front.principal import principal
+from schemas.actions import SubmitAction
+
+BASE = "/v1/partner/actions"
+
+
+@secret_key_required
+async def submit(request: web.Request) -> web.Response:
+    body = await read_model(request, SubmitAction)
+    result = await submit_action(request.app[DB], principal(request).scope, body.to_request())
+    return json_response(result)
+
+
+@secret_key_required
+async def list_actions(request: web.Request) -> web.Response:
+    created_from, created_to = time_range(request)
+    async with request.app[DB].connect() as conn:
+        data, cursor = await actions.list_actions(
+            conn,
+            principal(request).scope,
+            limit=request.query.get("limit"),
+            cursor=request.query.get("cursor"),
+            action_type=request.query.get("actionType") or None,
+            status=request.query.get("status") or None,
+            created_from=created_from,
+            created_to=created_to,
+        )
+    return json_response({"data": data, "nextCursor": cursor})
+
+
+@secret_key_required
+async def get_action(request: web.Request) -> web.Response:
+    async with request.app[DB].connect() as conn:
+        body = await actions.get_action(
+            conn, principal(request).scope, request.match_info["action_id"]
+        )
+    return json_response(body)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(f"{BASE}/submit", submit)
+    app.router.add_get(BASE, list_actions)
+    app.router.add_get(f"{BASE}/{{action_id}}", get_action)
