@@ -16,8 +16,8 @@ from engine.distribution import Split
 from engine.errors import (
     CampaignBudgetExhausted,
     CampaignNotApplicable,
-    Idempotent,
     IdempotencyKeyReused,
+    Idempotent,
     InsufficientPool,
     NoActivePool,
     UnknownActionType,
