@@ -13,6 +13,8 @@ from engine.errors import NotFound, ValidationFailed
 from engine.ids import new_id
 from engine.ledger import EntryDraft, Leg, post_entries
 from engine.money import Tokens
+from engine.pagination import Page
+from engine.partners import fetch_page
 from engine.scope import Scope
 from engine.tables import ledger_accounts, postings, token_pools
 
@@ -289,3 +291,33 @@ async def reserve_balance(conn: AsyncConnection, scope: Scope) -> Tokens:
         )
     )
     return Tokens(int(row.scalar_one_or_none() or 0))
+
+
+# -- the partner API's pool listing (GET /token-pools) ---------------------------------------------
+#
+# distributedTotal, precisely: allocated_total - balance, where allocated_total is the sum of the
+# positive ALLOCATION and REFILL postings on the pool's account. Everything else on that account
+# is a distribution (DEBIT, negative) or a reversal returning tokens (REVERSAL, positive), so it
+# equals -(sum of DEBIT postings) - (sum of REVERSAL postings): tokens that left the pool net of
+# those that came back. It only goes down when a reversal returns tokens.
+
+POOL_STATUSES = ("ACTIVE", "EXHAUSTED", "CLOSED")
+
+
+async def list_pool_views(
+    conn: AsyncConnection, scope: Scope, page: Page, *, status: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the scope's pools as `pool_view`s, newest first, and the next cursor.
+
+    Raises ValidationFailed for an unknown status filter.
+    """
+    if status is not None and status not in POOL_STATUSES:
+        raise ValidationFailed({"status": [f"must be one of {', '.join(POOL_STATUSES)}"]})
+    query = select(token_pools).where(
+        token_pools.c.partner_id == scope.partner_id,
+        token_pools.c.environment == scope.environment,
+    )
+    if status is not None:
+        query = query.where(token_pools.c.status == status)
+    rows, cursor = await fetch_page(conn, query, token_pools.c.created_at, token_pools.c.id, page)
+    return [await pool_view(conn, scope, row["id"]) for row in rows], cursor
