@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import update
 
+from engine.keyring import Keyring
 from engine.signing import sign_request
 from engine.tables import api_keys, partners
 from http_front.auth_partner import EPOCH_KEY
@@ -611,3 +612,44 @@ async def test_no_secret_reaches_the_logs(client, make_credentials, caplog):
     assert creds.keys.secret_key not in text
     assert creds.keys.hmac_secret not in text
     assert creds.keys.secret_key[-4:] in text  # masked: prefix and last four
+
+
+# -- the keyring itself -------------------------------------------------------------------------
+
+
+async def test_keyring_caches_for_at_most_a_second(db, box, make_credentials):
+    ring = Keyring(db, box)
+    creds = await make_credentials(key_ip_allowlist=["10.0.0.0/8"])
+    record = await ring.by_secret_key(creds.keys.secret_key)
+    assert record is not None
+    assert record.key_id == creds.keys.id
+    assert record.hmac_secret == creds.keys.hmac_secret
+    assert creds.keys.hmac_secret not in repr(record)
+    assert record.ip_allowed("10.9.8.7") and not record.ip_allowed("127.0.0.1")
+    assert record.ip_allowed("::ffff:10.9.8.7")  # IPv4-mapped peers read as IPv4
+    assert (await ring.by_publishable_key(creds.keys.public_key)).kind == "publishable"
+
+    async with db.begin() as conn:
+        await conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == creds.keys.id)
+            .values(revoked_at=datetime.now().astimezone())
+        )
+    # within the second the cached answer may still be served; invalidate() drops it at once
+    assert await ring.by_secret_key(creds.keys.secret_key) is not None
+    ring.invalidate()
+    assert await ring.by_secret_key(creds.keys.secret_key) is None
+    assert await ring.by_publishable_key(creds.keys.public_key) is None
+
+
+async def test_keyring_refuses_a_ttl_past_the_contracts_second(db, box):
+    with pytest.raises(ValueError):
+        Keyring(db, box, ttl=1.5)
+
+
+async def test_keyring_concurrent_cold_lookups_share_one_answer(db, box, make_credentials):
+    ring = Keyring(db, box)
+    creds = await make_credentials()
+    records = await asyncio.gather(*(ring.by_secret_key(creds.keys.secret_key) for _ in range(20)))
+    assert {r.key_id for r in records} == {creds.keys.id}
+    assert len({id(r) for r in records}) == 1  # one query answered them all
