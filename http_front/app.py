@@ -11,6 +11,9 @@ from engine.crypto import SecretBox
 from engine.db import create_engine
 from engine.settings import Settings
 from http_front import actions, admin, health, portal
+from http_front import campaigns as campaign_routes
+from http_front import pools as pool_routes
+from http_front import transactions as transaction_routes
 from http_front.keys import DB, REDIS, SECRET_BOX, SETTINGS
 from http_front.middlewares import error_middleware, request_id_middleware
 from http_front.users import add_routes as add_user_routes
@@ -50,4 +53,7 @@ def create_app(settings: Settings) -> web.Application:
     actions.add_routes(app)
     portal.add_routes(app)
     add_user_routes(app)
+    campaign_routes.add_routes(app)
+    pool_routes.add_routes(app)
+    transaction_routes.add_routes(app)
     return app
