@@ -169,7 +169,9 @@ async def list_lines(
         sql += " AND (p.created_at, p.id) < (:after_t, :after_id)"
         params["after_t"], params["after_id"] = page.after
     sql += " ORDER BY p.created_at DESC, p.id DESC LIMIT :n"
-    rows = [dict(row) for row in (await conn.execute(text(sql), params)).mappings()]
+    rows: list[Mapping[str, Any]] = [
+        dict(row) for row in (await conn.execute(text(sql), params)).mappings()
+    ]
     return [line_json(row) for row in rows[: page.limit]], next_cursor(page, rows)
 
 
