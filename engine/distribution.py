@@ -266,7 +266,7 @@ def distribute(
     total = Tokens(total_micro)
 
     if rule is None:
-        equal = _largest_remainder(total_micro, [1] * len(stakeholders))
+        equal = largest_remainder(total_micro, [1] * len(stakeholders))
         shares = tuple(
             Share(holder.stakeholder_type, holder.identity, Tokens(micro))
             for holder, micro in zip(stakeholders, equal, strict=True)
@@ -277,7 +277,7 @@ def distribute(
     percents = [Fraction(split.percent) for split in rule.splits]
     denominator = math.lcm(*(p.denominator for p in percents))
     weights = [p.numerator * (denominator // p.denominator) for p in percents]
-    split_micros = _largest_remainder(total_micro, weights)
+    split_micros = largest_remainder(total_micro, weights)
 
     # Step 4: positions of each type, in request order.
     positions: dict[str, list[int]] = {}
@@ -289,7 +289,7 @@ def distribute(
     for split, micro in zip(rule.splits, split_micros, strict=True):
         members = positions.get(split.stakeholder_type, [])
         allocations.append(Allocation(split.stakeholder_type, Tokens(micro), bool(members)))
-        for index, part in zip(members, _largest_remainder(micro, [1] * len(members)), strict=True):
+        for index, part in zip(members, largest_remainder(micro, [1] * len(members)), strict=True):
             share_micros[index] = part
 
     shares = tuple(
@@ -305,7 +305,7 @@ def _applicable_tier(tiers: Sequence[Tier], amount: Decimal) -> Tier | None:
     return max(applicable, key=lambda tier: tier.min_amount) if applicable else None
 
 
-def _largest_remainder(total: int, weights: Sequence[int]) -> list[int]:
+def largest_remainder(total: int, weights: Sequence[int]) -> list[int]:
     """Split `total` micro-tokens in proportion to positive integer `weights`.
 
     Each part is floor(total x weight / sum); the micro-tokens left over (fewer than there are

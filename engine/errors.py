@@ -279,3 +279,11 @@ class InsufficientPool(PaymentRequired):
 
 class NoActivePool(PaymentRequired):
     code = "NO_ACTIVE_POOL"
+
+
+class AlreadyReversed(Conflict):
+    code = "ALREADY_REVERSED"
+
+
+class ReversalExceedsAction(Unprocessable):
+    code = "REVERSAL_EXCEEDS_ACTION"

@@ -6,13 +6,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine import actions
+from engine.reversals import reverse_action
 from engine.submit import submit_action
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response, read_model
 from http_front.keys import DB
 from http_front.params import time_range
 from http_front.principal import principal
-from schemas.actions import SubmitAction
+from schemas.actions import ReverseAction, SubmitAction
 
 BASE = "/v1/partner/actions"
 
@@ -50,7 +51,20 @@ async def get_action(request: web.Request) -> web.Response:
     return json_response(body)
 
 
+@secret_key_required
+async def reverse(request: web.Request) -> web.Response:
+    body = await read_model(request, ReverseAction)
+    result = await reverse_action(
+        request.app[DB],
+        principal(request).scope,
+        request.match_info["action_id"],
+        body.to_request(),
+    )
+    return json_response(result)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{BASE}/submit", submit)
     app.router.add_get(BASE, list_actions)
     app.router.add_get(f"{BASE}/{{action_id}}", get_action)
+    app.router.add_post(f"{BASE}/{{action_id}}/reverse", reverse)

@@ -11,6 +11,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from engine.action_request import ORGANIZATION, ActionRequest, StakeholderRequest
 from engine.money import InvalidAmount, to_decimal
+from engine.reversals import ReversalRequest
 from schemas.base import WireModel
 
 _CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -141,4 +142,27 @@ class SubmitAction(WireModel):
                 )
                 for s in self.stakeholders
             ),
+        )
+
+
+class ReverseAction(WireModel):
+    """`POST /v1/partner/actions/:actionId/reverse`."""
+
+    idempotency_key: str = Field(min_length=1, max_length=255)
+    reason: str | None = Field(default=None, max_length=500)
+    amount: ExactDecimal | None = Field(
+        default=None,
+        description="In the action's currency units; omit to reverse everything not yet reversed",
+    )
+
+    @field_validator("amount")
+    @classmethod
+    def _positive(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    def to_request(self) -> ReversalRequest:
+        return ReversalRequest(
+            idempotency_key=self.idempotency_key, reason=self.reason, amount=self.amount
         )
