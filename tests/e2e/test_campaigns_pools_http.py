@@ -484,3 +484,56 @@ async def test_publishable_key_or_no_key_is_refused(db, box, make_partner, base_
             base_url + "/v1/partner/token-pools", headers={"X-Partner-Key": keys.public_key}
         ) as response:
             assert response.status == 403
+
+
+# -- the pieces together --------------------------------------------------------------------------
+
+
+async def test_a_submit_under_a_campaign_shows_in_simulate_pool_and_transactions(
+    db, box, make_partner, base_url
+):
+    """What a simulation promises is what a submit credits; the pool and the ledger lines agree."""
+    partner = await make_partner(funding="1000")
+    async with await _client(db, box, base_url, partner.partner_id) as sir:
+        campaign = await sir.request(
+            "POST",
+            "/v1/partner/campaigns",
+            {"name": "Live", "status": "ACTIVE", "multiplier": 2, "splits": SPLITS},
+        )
+        action = {
+            "actionType": "PURCHASE",
+            "amount": "33.33",
+            "stakeholders": [
+                {"stakeholderTypeCode": "DONOR", "partnerUserId": "donor_1"},
+                {"stakeholderTypeCode": "REFERRER", "partnerUserId": "ref_1"},
+            ],
+        }
+        simulated = await sir.request(
+            "POST", f"/v1/partner/campaigns/{campaign['id']}/simulate", action
+        )
+        assert simulated["applies"] is True and simulated["budget"]["covered"] is True
+        submitted = await sir.request(
+            "POST",
+            "/v1/partner/actions/submit",
+            {**action, "idempotencyKey": "purchase_1", "autoCreateUsers": True},
+        )
+        assert submitted["campaignId"] == campaign["id"]
+        assert submitted["tokensDistributed"] == simulated["tokensDistributed"] == D("53.328")
+        assert [d["tokens"] for d in submitted["distributions"]] == [
+            d["tokens"] for d in simulated["distributions"]
+        ]
+
+        after = await sir.request("GET", f"/v1/partner/campaigns/{campaign['id']}")
+        assert after["budget"]["spentTokens"] == D("53.328")
+        pool = await sir.request("GET", f"/v1/partner/token-pools/{partner.pool_id}")
+        assert pool["balance"] == D("946.672") and pool["distributedTotal"] == D("53.328")
+        lines = await sir.request(
+            "GET", "/v1/partner/transactions", params={"actionId": submitted["actionId"]}
+        )
+        credited = {
+            line["externalUserId"]: line["amount"]
+            for line in lines["data"]
+            if line["type"] == "CREDIT"
+        }
+        assert credited == {"donor_1": D("46.662"), "ref_1": D("6.666")}
+        assert sum(line["amount"] for line in lines["data"]) == 0  # every movement balances
