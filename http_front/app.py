@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from engine.crypto import SecretBox
 from engine.db import create_engine
@@ -14,9 +16,12 @@ from http_front import actions, admin, health, portal
 from http_front import campaigns as campaign_routes
 from http_front import pools as pool_routes
 from http_front import transactions as transaction_routes
+from http_front.auth_partner import ensure_replay_epoch
 from http_front.keys import DB, REDIS, SECRET_BOX, SETTINGS
 from http_front.middlewares import error_middleware, request_id_middleware
 from http_front.users import add_routes as add_user_routes
+
+log = logging.getLogger("sir.http")
 
 MAX_BODY = 1024 * 1024  # 1 MiB; /actions/batch raises its own limit to 8 MiB
 
@@ -36,6 +41,12 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         health_check_interval=15,
     )
     app[REDIS] = client
+    try:
+        # Set the replay epoch now rather than on the first signed write, so writes signed just
+        # after a fresh Redis start are not refused as replays (contract 3.1's epoch rule).
+        await ensure_replay_epoch(client)
+    except RedisError as exc:  # a Redis that is down now fails requests closed later, not startup
+        log.warning("replay epoch not set at startup: %s", type(exc).__name__)
     yield
     await client.aclose()
 

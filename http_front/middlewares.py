@@ -90,8 +90,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 413:
             message = "Request body is too large"
         response = error_response(exc.status, name, code, message)
-        if exc.status == 405 and "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
+        # Keep what the exception carried (Allow on a 405, rate-limit headers), but never its
+        # content headers: the body is ours now.
+        for header, value in exc.headers.items():
+            if not header.lower().startswith("content-"):
+                response.headers[header] = value
         return response
     except (
         OperationalError,

@@ -100,10 +100,16 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     )
     redis_url = f"{base}/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
+    session = Services(
+        database_url, redis_url, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    )
     try:
-        yield Services(
-            database_url, redis_url, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-        )
+        yield session
+        # Every test's writes together must leave a whole ledger: the real `ledger verify`
+        # over the session's database, after the last test. A broken ledger fails the run.
+        verdict = sir_engine("ledger", "verify", env=session.env())
+        print(f"\nsession ledger: {verdict.stdout.strip()}")
+        assert verdict.returncode == 0, verdict.stdout + verdict.stderr
     finally:
         asyncio.run(_admin_sql(server_db, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         if embedded is not None:

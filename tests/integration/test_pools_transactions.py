@@ -12,7 +12,7 @@ from engine import pools, topups, transactions
 from engine.accounts import pool_account, singleton_account, wallet
 from engine.errors import NotFound, ValidationFailed
 from engine.ids import new_id
-from engine.ledger import EntryDraft, Leg, LotCredit, open_lots, post_entries
+from engine.ledger import EntryDraft, Leg, LotCredit, consume_lots, open_lots, post_entries
 from engine.money import Tokens
 from engine.pagination import InvalidCursor, read_page
 from engine.scope import Scope
@@ -85,7 +85,9 @@ async def _distribute(conn, scope, pool_id, action_id, credits, *, vests_at=None
 
 
 async def _reverse(conn, scope, pool_id, action_id, w, amount):
+    """Take `amount` back into the pool the way the engine does: lots first, the rest is debt."""
     pool_acct = await pool_account(conn, scope, pool_id)
+    await consume_lots(conn, scope, w.available_id, amount)
     draft = EntryDraft(
         "REVERSAL",
         (Leg(w.available_id, -amount, "REVERSAL"), Leg(pool_acct, amount, "REVERSAL")),
