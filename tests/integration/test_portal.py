@@ -166,7 +166,8 @@ async def test_login_is_limited_per_email(client):
         body = await response.json()
         assert response.status == 429, body
         assert body["error"]["code"] == "RATE_LIMITED"
-        assert 0 < int(response.headers["Retry-After"]) <= 60
+        # (a sliding window still weighs the previous minute, so the wait may pass 60 s)
+        assert 0 < int(response.headers["Retry-After"]) <= 120
 
 
 async def test_login_is_limited_per_client_ip(client):
