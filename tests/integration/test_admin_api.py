@@ -618,3 +618,21 @@ async def test_audit_log_has_before_after_and_no_secrets(client, db):
         OPERATOR_TOKEN,
     ):
         assert secret not in everything
+
+
+async def test_real_server_serves_the_operator_api_and_portal(front):
+    """`sir-engine serve` (a real process) wires both route sets."""
+    import aiohttp
+
+    base = front()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{base}{ADMIN}/partners", json={"name": "Served partner"}, headers=AUTH
+        ) as response:
+            assert response.status == 201
+            partner = await response.json()
+        async with session.get(f"{base}{ADMIN}/partners/{partner['id']}") as response:
+            assert response.status == 401
+        async with session.get(f"{base}/v1/partner/auth/me") as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["code"] == "AUTH_REQUIRED"
