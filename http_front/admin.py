@@ -13,6 +13,7 @@ from engine.errors import ValidationFailed
 from engine.pagination import read_page
 from engine.scope import Scope
 from http_front.auth_operator import OPERATOR, operator_required
+from http_front.auth_partner import keyring
 from http_front.body import json_response, read_model
 from http_front.keys import DB, SECRET_BOX
 from schemas import admin as wire
@@ -64,6 +65,9 @@ async def patch_partner(request: web.Request) -> web.Response:
             partner_id=request.match_info["partner_id"],
             changes=body.columns(),
         )
+    # Status, allowlist and limits are cached for partner calls: drop this process's copy now
+    # (other processes see the change within the keyring's 1 s TTL).
+    keyring(request.app).invalidate()
     return json_response(wire.partner_json(row))
 
 
@@ -124,6 +128,7 @@ async def revoke_key(request: web.Request) -> web.Response:
             partner_id=request.match_info["partner_id"],
             key_id=request.match_info["key_id"],
         )
+    keyring(request.app).invalidate()
     return json_response(wire.key_json(row))
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from engine import credentials, partners, portal
 from engine.errors import NotFound, RateLimited, ValidationFailed
 from engine.pagination import read_page
-from http_front.auth_partner import client_ip
+from http_front.auth_partner import client_ip, keyring
 from http_front.auth_portal import portal_required, portal_user, signer
 from http_front.body import json_response, read_model
 from http_front.keys import DB, REDIS, SECRET_BOX
@@ -148,6 +148,7 @@ async def patch_key(request: web.Request) -> web.Response:
             key_id=request.match_info["key_id"],
             changes=body.changes(),
         )
+    keyring(request.app).invalidate()  # this process at once; the others within 1 s
     return json_response(admin_wire.key_json(row))
 
 
@@ -160,6 +161,7 @@ async def revoke_key(request: web.Request) -> web.Response:
             partner_id=_partner_id(request),
             key_id=request.match_info["key_id"],
         )
+    keyring(request.app).invalidate()
     return json_response(admin_wire.key_json(row))
 
 

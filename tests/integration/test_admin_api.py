@@ -636,3 +636,32 @@ async def test_real_server_serves_the_operator_api_and_portal(front):
         async with session.get(f"{base}/v1/partner/auth/me") as response:
             assert response.status == 401
             assert (await response.json())["error"]["code"] == "AUTH_REQUIRED"
+
+
+async def test_rotated_key_works_alongside_the_old_until_it_is_revoked(client):
+    """Through the real partner authentication: both pairs sign valid calls until revoke."""
+    from engine.signing import sign_request
+
+    partner = await new_partner(client, status="ACTIVE")
+    keys_url = f"{ADMIN}/partners/{partner['id']}/keys"
+    _, old = await call(client, "POST", keys_url, {"environment": "sandbox", "name": "a"})
+    _, new = await call(client, "POST", f"{keys_url}/{old['id']}/rotate")
+
+    async def list_users(issued: dict[str, Any]) -> tuple[int, Any]:
+        path = "/v1/partner/users?limit=1"
+        timestamp = str(int(datetime.now(UTC).timestamp()))
+        signature = sign_request(issued["hmacSecret"], timestamp, "GET", path, b"")
+        headers = {
+            "X-Partner-Key": issued["secretKey"],
+            "X-Timestamp": timestamp,
+            "X-Signature": signature,
+        }
+        return await call(client, "GET", path, headers=headers)
+
+    assert (await list_users(old))[0] == 200
+    assert (await list_users(new))[0] == 200
+    status, _ = await call(client, "DELETE", f"{keys_url}/{old['id']}")
+    assert status == 200
+    status, body = await list_users(old)
+    assert status == 401 and body["error"]["code"] == "INVALID_API_KEY"
+    assert (await list_users(new))[0] == 200
