@@ -575,6 +575,9 @@ async def _claim(
     for plan in plans:
         plan.posting_ids = [new_id() for _ in plan.distribution.credited]
         plan.response = _response(plan, now)
+    # Rows in key order: two batches (two front processes) claiming overlapping keys then
+    # wait on each other in the same order and cannot deadlock.
+    plans = sorted(plans, key=lambda p: p.request.idempotency_key)
     await conn.execute(text(f"SET LOCAL lock_timeout = '{IN_FLIGHT_WAIT}'"))
     try:
         rows = await conn.execute(
@@ -811,29 +814,42 @@ async def _pool_status(
 # -- the fast path ------------------------------------------------------------------------------------
 
 
-async def submit_action(
-    db: AsyncEngine, scope: Scope, request: ActionRequest, *, now: datetime | None = None
-) -> dict[str, Any]:
-    """`POST /actions/submit`: distribute one action synchronously, in one transaction.
+async def apply_in_transaction(
+    db: AsyncEngine, scope: Scope, requests: Sequence[ActionRequest], *, now: datetime | None = None
+) -> list[Outcome]:
+    """`apply_actions` in a transaction of its own, under the engine's deadline.
 
-    Returns the response body. Raises Idempotent (409, original attached), the refusal's
-    SirError, IdempotencyInProgress, or ServiceUnavailable when the deadline passes (nothing
-    applied, the key stays unused).
+    Raises ServiceUnavailable when the deadline passes (nothing applied, keys stay unused),
+    IdempotencyInProgress, or the database's own errors.
     """
     try:
         async with db.begin() as conn:
             await conn.execute(text(f"SET LOCAL statement_timeout = '{STATEMENT_DEADLINE}'"))
-            (outcome,) = await apply_actions(conn, scope, [request], now=now)
-            if not isinstance(outcome, Applied):
-                await conn.rollback()
+            return await apply_actions(conn, scope, requests, now=now)
     except DBAPIError as exc:
         if "QueryCanceled" in type(exc.orig).__name__ or "statement timeout" in str(exc.orig):
             raise ServiceUnavailable(
                 "The engine could not finish in time; nothing was applied"
             ) from None
         raise
+
+
+def answer(outcome: Outcome) -> dict[str, Any]:
+    """The response body of an applied action; a refusal or replay raised as its error."""
     if isinstance(outcome, Refused):
         raise outcome.error
     if isinstance(outcome, Replayed):
         raise Idempotent(outcome.original)
     return outcome.response
+
+
+async def submit_action(
+    db: AsyncEngine, scope: Scope, request: ActionRequest, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """`POST /actions/submit` without coalescing: one action, one transaction.
+
+    Returns the response body. Raises Idempotent (409, original attached), the refusal's
+    SirError, IdempotencyInProgress, or ServiceUnavailable (nothing applied).
+    """
+    (outcome,) = await apply_in_transaction(db, scope, [request], now=now)
+    return answer(outcome)

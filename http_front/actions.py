@@ -7,10 +7,9 @@ from aiohttp import web
 
 from engine import actions
 from engine.reversals import reverse_action
-from engine.submit import submit_action
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response, read_model
-from http_front.keys import DB
+from http_front.keys import DB, GROUP_COMMIT
 from http_front.params import time_range
 from http_front.principal import principal
 from schemas.actions import ReverseAction, SubmitAction
@@ -21,7 +20,8 @@ BASE = "/v1/partner/actions"
 @secret_key_required
 async def submit(request: web.Request) -> web.Response:
     body = await read_model(request, SubmitAction)
-    result = await submit_action(request.app[DB], principal(request).scope, body.to_request())
+    # Coalesced with concurrent submissions of the same partner-environment (group commit).
+    result = await request.app[GROUP_COMMIT].submit(principal(request).scope, body.to_request())
     return json_response(result)
 
 

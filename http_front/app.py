@@ -11,13 +11,14 @@ from redis.exceptions import RedisError
 
 from engine.crypto import SecretBox
 from engine.db import create_engine
+from engine.group_commit import GroupCommitter
 from engine.settings import Settings
 from http_front import actions, admin, health, portal
 from http_front import campaigns as campaign_routes
 from http_front import pools as pool_routes
 from http_front import transactions as transaction_routes
 from http_front.auth_partner import ensure_replay_epoch
-from http_front.keys import DB, REDIS, SECRET_BOX, SETTINGS
+from http_front.keys import DB, GROUP_COMMIT, REDIS, SECRET_BOX, SETTINGS
 from http_front.middlewares import error_middleware, request_id_middleware
 from http_front.users import add_routes as add_user_routes
 
@@ -29,7 +30,9 @@ MAX_BODY = 1024 * 1024  # 1 MiB; /actions/batch raises its own limit to 8 MiB
 async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(app[SETTINGS].database_url)
     app[DB] = engine
+    app[GROUP_COMMIT] = GroupCommitter(engine)
     yield
+    await app[GROUP_COMMIT].close()  # let batches in flight commit before the pool closes
     await engine.dispose()
 
 

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
-from engine.errors import SirError
+from engine.errors import SirError, ValidationFailed
 from engine.wire import dumps, loads
 from schemas.base import parse
 
@@ -38,9 +38,28 @@ async def read_json(request: web.Request) -> Any:
     if request.content_type not in {"application/json", "application/merge-patch+json"}:
         raise UnsupportedMediaType("Send the body as application/json")
     try:
-        return loads(raw)
+        parsed = loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MalformedJson("The request body is not valid JSON") from None
+    _refuse_nul(parsed, "")
+    return parsed
+
+
+def _refuse_nul(value: Any, path: str) -> None:
+    """PostgreSQL stores no NUL character in text or jsonb: refuse it here as a field error
+    instead of failing deep in a transaction."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationFailed({path or "body": ["must not contain NUL characters"]})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                raise ValidationFailed({where: ["must not contain NUL characters"]})
+            _refuse_nul(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_nul(item, f"{path}[{index}]")
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:

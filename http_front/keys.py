@@ -7,9 +7,11 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.crypto import SecretBox
+from engine.group_commit import GroupCommitter
 from engine.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", AsyncEngine)
 REDIS = web.AppKey("redis", aioredis.Redis)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
+GROUP_COMMIT = web.AppKey("group_commit", GroupCommitter)

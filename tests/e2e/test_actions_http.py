@@ -137,3 +137,18 @@ async def test_bad_bodies_get_contract_codes_and_apply_nothing(db, box, make_par
     assert listed["data"] == []
     async with db.connect() as conn:
         assert await pool_balance(conn, partner.scope, partner.pool_id) == T("500")
+
+
+async def test_nul_characters_are_a_field_error_not_a_crash(db, box, make_partner, front):
+    base = front()
+    partner = await make_partner(funding="10")
+    keys = await _keys(db, box, partner.partner_id)
+    body = (
+        b'{"idempotencyKey":"nul","actionType":"PURCHASE","amount":1,'
+        b'"stakeholders":[{"stakeholderTypeCode":"CUSTOMER","partnerUserId":"u"}],'
+        b'"metadata":{"note":"a\\u0000b"}}'
+    )
+    status, _, answer = await _raw_post(base, keys, "/v1/partner/actions/submit", body)
+    assert status == 422 and answer["error"]["details"]["fields"] == {
+        "metadata.note": ["must not contain NUL characters"]
+    }
