@@ -87,4 +87,4 @@ async def list_actions(
         .mappings()
         .all()
     )
-    return [action_json(r) for r in rows[: page.limit]], next_cursor(page, list(rows))
+    return [action_json(r) for r in rows[: page.limit]], next_cursor(page, rows)

@@ -7,7 +7,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,7 +65,7 @@ def read_page(limit: str | None, cursor: str | None, filters: Mapping[str, Any])
 
 
 def next_cursor(
-    page: Page, rows: list[Mapping[str, Any]], *, time_key: str = "created_at"
+    page: Page, rows: Sequence[Mapping[Any, Any]], *, time_key: str = "created_at"
 ) -> str | None:
     """The cursor after `rows` (fetched with limit + 1), or None on the last page."""
     if len(rows) <= page.limit:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -246,7 +247,7 @@ async def _reverse(
     return response
 
 
-def _holders(action: dict[str, Any], prior: list[Any]) -> list[_Holder]:
+def _holders(action: dict[str, Any], prior: Sequence[Any]) -> list[_Holder]:
     holders = []
     for d in action["response"]["distributions"]:
         holders.append(
@@ -293,24 +294,22 @@ async def _take_back(
     """Debit each holder's wallet; returns the legs and, per partnerUserId, what was taken."""
     external_ids = sorted({h.partner_user_id for h in holders if h.partner_user_id})
     slugs = sorted({h.organization_slug for h in holders if h.organization_slug})
-    users = dict(
-        (
-            await conn.execute(
-                text(
-                    "SELECT external_user_id, id FROM partner_users WHERE partner_id = :partner_id "
-                    "AND environment = :environment AND external_user_id = ANY(:ids)"
-                ),
-                {**scope.params, "ids": external_ids},
-            )
-        ).all()
-    )
-    orgs = dict(
-        (
-            await conn.execute(
-                text("SELECT slug, id FROM organizations WHERE slug = ANY(:s)"), {"s": slugs}
-            )
-        ).all()
-    )
+    users: dict[str, str] = {
+        external: user_id
+        for external, user_id in await conn.execute(
+            text(
+                "SELECT external_user_id, id FROM partner_users WHERE partner_id = :partner_id "
+                "AND environment = :environment AND external_user_id = ANY(:ids)"
+            ),
+            {**scope.params, "ids": external_ids},
+        )
+    }
+    orgs: dict[str, str] = {
+        slug: org_id
+        for slug, org_id in await conn.execute(
+            text("SELECT slug, id FROM organizations WHERE slug = ANY(:s)"), {"s": slugs}
+        )
+    }
     wallets = await wallets_for(
         conn, scope, user_ids=list(users.values()), organization_ids=list(orgs.values())
     )
@@ -322,7 +321,7 @@ async def _take_back(
         owner = (
             ("organization", orgs[holder.organization_slug])
             if holder.organization_slug
-            else ("user", users[holder.partner_user_id])
+            else ("user", users[holder.partner_user_id or ""])
         )
         wallet = wallets[owner]
         from_locked, from_available = await _from_own_lot(

@@ -167,9 +167,12 @@ def run_dev(args: argparse.Namespace) -> int:
             ],
             "scheduler": [*cli, "scheduler"],
         }
-        for command in commands.values():
+        name_of: dict[int, str] = {}
+        for name, command in commands.items():
             # Own session: Ctrl-C reaches only us, and we stop the children in order.
-            children.append(subprocess.Popen(command, env=env, start_new_session=True))  # noqa: S603
+            child = subprocess.Popen(command, env=env, start_new_session=True)  # noqa: S603
+            children.append(child)
+            name_of[child.pid] = name
         base_url = f"http://{env['SIR_HOST']}:{env['SIR_PORT']}"
         if not _wait_healthy(f"{base_url}/healthz", children):
             print("sir-engine dev: the front did not become healthy; stopping", file=sys.stderr)
@@ -179,7 +182,7 @@ def run_dev(args: argparse.Namespace) -> int:
             exited = [c for c in children if c.poll() is not None]
             if exited:
                 print(
-                    f"sir-engine dev: a child process exited ({exited[0].args[3]}); stopping",
+                    f"sir-engine dev: the {name_of[exited[0].pid]} exited; stopping",
                     file=sys.stderr,
                 )
                 return 1
