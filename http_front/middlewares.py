@@ -25,7 +25,7 @@ from http_front.metrics import LATENCY, REQUESTS, route_class
 log = logging.getLogger("sir.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 _HTTP_CODES = {

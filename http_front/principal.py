@@ -14,9 +14,6 @@ from aiohttp import web
 
 from engine.scope import Scope
 
-PRINCIPAL = "sir.principal"  # request[PRINCIPAL] holds it after authentication
-
-
 @dataclass(frozen=True)
 class Principal:
     scope: Scope  # partner_id + environment picked by the key prefix (*_test_ sandbox, *_live_ production)
@@ -26,6 +23,10 @@ class Principal:
     partner_status: str
     tier: str
     enabled_features: tuple[str, ...]
+
+
+# request[PRINCIPAL] holds it after authentication (a typed key: aiohttp checks and types it).
+PRINCIPAL = web.RequestKey("sir.principal", Principal)
 
 
 def principal(request: web.Request) -> Principal:
