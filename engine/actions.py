@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.errors import NotFound
-from engine.pagination import next_cursor, read_page
+from engine.pagination import fetch_page, read_page
 from engine.scope import Scope
 from engine.tables import actions
 
@@ -71,20 +71,5 @@ async def list_actions(
         query = query.where(actions.c.created_at >= created_from)
     if created_to:
         query = query.where(actions.c.created_at < created_to)
-    if page.after:
-        at, last_id = page.after
-        query = query.where(
-            or_(actions.c.created_at < at, and_(actions.c.created_at == at, actions.c.id < last_id))
-        )
-    rows = (
-        (
-            await conn.execute(
-                query.order_by(actions.c.created_at.desc(), actions.c.id.desc()).limit(
-                    page.limit + 1
-                )
-            )
-        )
-        .mappings()
-        .all()
-    )
-    return [action_json(r) for r in rows[: page.limit]], next_cursor(page, rows)
+    rows, cursor = await fetch_page(conn, query, actions.c.created_at, actions.c.id, page)
+    return [action_json(r) for r in rows], cursor

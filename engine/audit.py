@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from engine.pagination import Page, fetch_page
 from engine.tables import audit_log
 from engine.wire import dumps, loads
 
@@ -60,3 +62,22 @@ async def record(
             after=_clean(after),
         )
     )
+
+
+async def list_audit_log(
+    conn: AsyncConnection,
+    page: Page,
+    *,
+    action: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The operator audit log, newest first."""
+    query = select(audit_log)
+    if action is not None:
+        query = query.where(audit_log.c.action == action)
+    if target_type is not None:
+        query = query.where(audit_log.c.target_type == target_type)
+    if target_id is not None:
+        query = query.where(audit_log.c.target_id == target_id)
+    return await fetch_page(conn, query, audit_log.c.created_at, audit_log.c.id, page)

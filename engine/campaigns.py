@@ -47,8 +47,7 @@ from engine.errors import InvalidStatusTransition, NotFound, ValidationFailed
 from engine.ids import new_id
 from engine.money import Tokens
 from engine.outbox import Event, record_events
-from engine.pagination import Page
-from engine.partners import fetch_page
+from engine.pagination import Page, fetch_page
 from engine.scope import Scope
 from engine.tables import campaign_user_spend, campaigns, partner_users, token_pools
 

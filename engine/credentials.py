@@ -20,8 +20,8 @@ from engine.crypto import SecretBox
 from engine.errors import KeyNotUsable, NotFound, ValidationFailed
 from engine.ids import new_id
 from engine.outbox import Event, record_events
-from engine.pagination import Page
-from engine.partners import fetch_page, get_partner, normalize_cidrs
+from engine.pagination import Page, fetch_page
+from engine.partners import get_partner, normalize_cidrs
 from engine.scope import Environment, Scope
 from engine.tables import api_keys
 

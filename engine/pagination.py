@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Select, literal, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from engine.errors import SirError, ValidationFailed
 
 DEFAULT_LIMIT = 50
@@ -73,3 +76,25 @@ def next_cursor(
     last = rows[page.limit - 1]
     payload = {"t": last[time_key].isoformat(), "i": last["id"], "f": page.filters_digest}
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+async def fetch_page(
+    conn: AsyncConnection, query: Select[Any], created_col: Any, id_col: Any, page: Page
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Run `query` newest first under `page`'s keyset cursor; returns (rows, nextCursor).
+
+    The cursor is (created_at, id): rows written in one transaction share created_at, so the id
+    breaks the tie and no row is skipped or repeated between pages.
+    """
+    if page.after is not None:
+        after_time, after_id = page.after
+        typed_id = int(after_id) if issubclass(id_col.type.python_type, int) else after_id
+        query = query.where(
+            tuple_(created_col, id_col)
+            < tuple_(
+                literal(after_time, type_=created_col.type), literal(typed_id, type_=id_col.type)
+            )
+        )
+    query = query.order_by(created_col.desc(), id_col.desc()).limit(page.limit + 1)
+    rows: list[dict[str, Any]] = [dict(r) for r in (await conn.execute(query)).mappings()]
+    return rows[: page.limit], next_cursor(page, rows)

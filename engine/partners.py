@@ -8,16 +8,16 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, func, literal, select, tuple_
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit
 from engine.errors import Conflict, InvalidStatusTransition, NotFound, ValidationFailed
 from engine.ids import new_id
 from engine.outbox import Event, record_events
-from engine.pagination import Page, next_cursor
+from engine.pagination import Page, fetch_page
 from engine.scope import Scope
-from engine.tables import ENVIRONMENTS, audit_log, partners
+from engine.tables import ENVIRONMENTS, partners
 
 TIERS = {"STANDARD": (1000, 100), "PROFESSIONAL": (5000, 500), "ENTERPRISE": (20000, 2000)}
 STATUSES = ("PENDING_APPROVAL", "ACTIVE", "SUSPENDED", "DEACTIVATED")
@@ -307,28 +307,6 @@ async def register_partner(
 # -- listings -----------------------------------------------------------------------------------
 
 
-async def fetch_page(
-    conn: AsyncConnection, query: Select[Any], created_col: Any, id_col: Any, page: Page
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Run `query` newest first under `page`'s keyset cursor; returns (rows, nextCursor).
-
-    The cursor is (created_at, id): rows written in one transaction share created_at, so the id
-    breaks the tie and no row is skipped or repeated between pages.
-    """
-    if page.after is not None:
-        after_time, after_id = page.after
-        typed_id = int(after_id) if issubclass(id_col.type.python_type, int) else after_id
-        query = query.where(
-            tuple_(created_col, id_col)
-            < tuple_(
-                literal(after_time, type_=created_col.type), literal(typed_id, type_=id_col.type)
-            )
-        )
-    query = query.order_by(created_col.desc(), id_col.desc()).limit(page.limit + 1)
-    rows: list[dict[str, Any]] = [dict(r) for r in (await conn.execute(query)).mappings()]
-    return rows[: page.limit], next_cursor(page, list[Mapping[str, Any]](rows))
-
-
 async def list_partners(
     conn: AsyncConnection, page: Page, *, status: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
@@ -336,22 +314,3 @@ async def list_partners(
     if status is not None:
         query = query.where(partners.c.status == status)
     return await fetch_page(conn, query, partners.c.created_at, partners.c.id, page)
-
-
-async def list_audit_log(
-    conn: AsyncConnection,
-    page: Page,
-    *,
-    action: str | None = None,
-    target_type: str | None = None,
-    target_id: str | None = None,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """The operator audit log, newest first. (Lives here until engine/audit.py grows a reader.)"""
-    query = select(audit_log)
-    if action is not None:
-        query = query.where(audit_log.c.action == action)
-    if target_type is not None:
-        query = query.where(audit_log.c.target_type == target_type)
-    if target_id is not None:
-        query = query.where(audit_log.c.target_id == target_id)
-    return await fetch_page(conn, query, audit_log.c.created_at, audit_log.c.id, page)

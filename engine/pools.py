@@ -13,8 +13,7 @@ from engine.errors import NotFound, ValidationFailed
 from engine.ids import new_id
 from engine.ledger import EntryDraft, Leg, post_entries
 from engine.money import Tokens
-from engine.pagination import Page
-from engine.partners import fetch_page
+from engine.pagination import Page, fetch_page
 from engine.scope import Scope
 from engine.tables import ledger_accounts, postings, token_pools
 

@@ -16,8 +16,7 @@ from engine import audit
 from engine.errors import AlreadyDecided, NotFound, ValidationFailed
 from engine.ids import new_id
 from engine.money import Tokens
-from engine.pagination import Page
-from engine.partners import fetch_page
+from engine.pagination import Page, fetch_page
 from engine.pools import allocate
 from engine.scope import Scope
 from engine.tables import token_pool_requests, token_pools

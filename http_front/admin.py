@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine import credentials, partners, pools, portal, topups
+from engine import audit, credentials, partners, pools, portal, topups
 from engine.errors import ValidationFailed
 from engine.pagination import read_page
 from engine.scope import Scope
@@ -302,7 +302,7 @@ async def audit_log(request: web.Request) -> web.Response:
     }
     page = read_page(request.query.get("limit"), request.query.get("cursor"), filters)
     async with request.app[DB].connect() as conn:
-        rows, cursor = await partners.list_audit_log(
+        rows, cursor = await audit.list_audit_log(
             conn,
             page,
             action=filters["action"],

@@ -17,7 +17,7 @@ from aiohttp import web
 from engine.errors import AuthenticationFailed
 from http_front.keys import SETTINGS
 
-OPERATOR = "sir.operator"
+OPERATOR = web.RequestKey("sir.operator", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -37,7 +37,7 @@ def _matching_token(presented: str, configured: tuple[str, ...]) -> str | None:
 
 def operator_required(handler: Handler) -> Handler:
     """Refuse with 401 AUTH_REQUIRED unless the request carries a configured operator token;
-    sets `request["sir.operator"]` to the operator's audit label."""
+    sets `request[OPERATOR]` to the operator's audit label."""
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:

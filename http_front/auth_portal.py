@@ -17,7 +17,7 @@ from engine.errors import AuthenticationFailed
 from engine.portal import TokenSigner, user_for_token
 from http_front.keys import DB, SETTINGS
 
-PORTAL_USER = "sir.portal_user"
+PORTAL_USER = web.RequestKey("sir.portal_user", dict)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -46,7 +46,7 @@ def portal_user(request: web.Request) -> dict[str, Any]:
 
 
 def portal_required(handler: Handler) -> Handler:
-    """Authenticate the access token and load its user into `request["sir.portal_user"]`."""
+    """Authenticate the access token and load its user into `request[PORTAL_USER]`."""
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from engine.scope import Scope
 
+
 @dataclass(frozen=True)
 class Principal:
     scope: Scope  # partner_id + environment picked by the key prefix (*_test_ sandbox, *_live_ production)
