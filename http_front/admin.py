@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine import audit, credentials, partners, pools, portal, topups
+from engine import audit, credentials, organizations, partners, pools, portal, topups
 from engine.errors import ValidationFailed
 from engine.pagination import read_page
 from engine.scope import Scope
@@ -312,6 +312,41 @@ async def audit_log(request: web.Request) -> web.Response:
     return json_response(wire.page_json([wire.audit_json(r) for r in rows], cursor))
 
 
+# -- organizations (the nonprofit directory) ----------------------------------------------------------
+
+
+@operator_required
+async def create_organization(request: web.Request) -> web.Response:
+    body = await read_model(request, wire.OrganizationCreate)
+    async with request.app[DB].begin() as conn:
+        row = await organizations.create_organization(
+            conn, actor=request[OPERATOR], fields=body.columns()
+        )
+    return json_response(wire.organization_json(row), status=201)
+
+
+@operator_required
+async def list_organizations(request: web.Request) -> web.Response:
+    status = _query(request, "status", organizations.STATUSES)
+    q = request.query.get("q") or None
+    page = read_page(
+        request.query.get("limit"), request.query.get("cursor"), {"status": status, "q": q}
+    )
+    async with request.app[DB].connect() as conn:
+        rows, cursor = await organizations.list_organizations(conn, page, q=q, status=status)
+    return json_response(wire.page_json([wire.organization_json(r) for r in rows], cursor))
+
+
+@operator_required
+async def patch_organization(request: web.Request) -> web.Response:
+    body = await read_model(request, wire.OrganizationPatch)
+    async with request.app[DB].begin() as conn:
+        row = await organizations.update_organization(
+            conn, actor=request[OPERATOR], slug=request.match_info["slug"], changes=body.columns()
+        )
+    return json_response(wire.organization_json(row))
+
+
 def add_routes(app: web.Application) -> None:
     """Register the operator API under /api/v1/admin."""
     p = PREFIX
@@ -333,3 +368,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{p}/token-pool-requests/{{request_id}}/reject", reject_request)
     app.router.add_post(f"{p}/portal-users", create_portal_user)
     app.router.add_get(f"{p}/audit-log", audit_log)
+    app.router.add_post(f"{p}/organizations", create_organization)
+    app.router.add_get(f"{p}/organizations", list_organizations)
+    app.router.add_patch(f"{p}/organizations/{{slug}}", patch_organization)

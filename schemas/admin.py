@@ -334,3 +334,51 @@ def audit_json(row: dict[str, Any]) -> dict[str, Any]:
 
 def page_json(data: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
     return {"data": data, "nextCursor": next_cursor}
+
+
+# -- organizations ------------------------------------------------------------------------------
+
+
+class OrganizationCreate(WireModel):
+    slug: str
+    name: str
+    ein: str | None = None
+    logo_url: str | None = None
+    status: Literal["ACTIVE", "INACTIVE"] = "ACTIVE"
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "slug": self.slug,
+            "name": self.name,
+            "ein": self.ein,
+            "logo_url": self.logo_url,
+            "status": self.status,
+        }
+
+
+class OrganizationPatch(WireModel):
+    name: str | None = None
+    ein: str | None = None
+    logo_url: str | None = None
+    status: Literal["ACTIVE", "INACTIVE"] | None = None
+
+    def columns(self) -> dict[str, Any]:
+        names = {"name": "name", "ein": "ein", "logo_url": "logo_url", "status": "status"}
+        return {
+            column: getattr(self, field)
+            for field, column in names.items()
+            if field in self.model_fields_set
+        }
+
+
+def organization_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "slug": row["slug"],
+        "name": row["name"],
+        "ein": row["ein"],
+        "logoUrl": row["logo_url"],
+        "status": row["status"],
+        "createdAt": row["created_at"],
+        "updatedAt": row["updated_at"],
+    }
