@@ -13,14 +13,10 @@ from engine.crypto import SecretBox
 from engine.db import create_engine
 from engine.group_commit import GroupCommitter
 from engine.settings import Settings
-from http_front import actions, admin, health, portal
-from http_front import campaigns as campaign_routes
-from http_front import pools as pool_routes
-from http_front import transactions as transaction_routes
+from http_front import actions, admin, campaigns, health, pools, portal, transactions, users
 from http_front.auth_partner import ensure_replay_epoch
 from http_front.keys import DB, GROUP_COMMIT, REDIS, SECRET_BOX, SETTINGS
 from http_front.middlewares import error_middleware, request_id_middleware
-from http_front.users import add_routes as add_user_routes
 
 log = logging.getLogger("sir.http")
 
@@ -63,11 +59,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)
     app.add_routes(health.routes)
-    admin.add_routes(app)
-    actions.add_routes(app)
-    portal.add_routes(app)
-    add_user_routes(app)
-    campaign_routes.add_routes(app)
-    pool_routes.add_routes(app)
-    transaction_routes.add_routes(app)
+    for module in (admin, portal, users, actions, campaigns, pools, transactions):
+        module.add_routes(app)
     return app
