@@ -1,35 +1,20 @@
-"""Actors. Each is thin and idempotent: take ids, call one engine use case, report.
+"""Every actor module, imported together: `sir-engine worker` runs `dramatiq workers.actors`.
 
-Transient failures (database or Redis unreachable) raise and Dramatiq retries them with
-backoff; domain errors are final and are not retried.
+Each module owns one kind of work and its queue (distribution, webhooks, sweeps, maintenance)
+and lists its periodic ticks in `TICKS`.
 """
 
 from __future__ import annotations
 
-import logging
-
-import dramatiq
-from prometheus_client import Gauge
-from sqlalchemy import text
-
-from engine.verify import verify_ledger
-from workers import runtime
+from workers import maintenance
 from workers.broker import broker  # noqa: F401 - configures the global broker first
+from workers.maintenance import audit_ledger
+from workers.ticks import Tick
 
-log = logging.getLogger("sir.workers")
+MODULES = [maintenance]
 
-LEDGER_PROBLEMS = Gauge("sir_ledger_problems", "Problems found by the last ledger audit")
+__all__ = ["all_ticks", "audit_ledger"]
 
 
-@dramatiq.actor(queue_name="maintenance", max_retries=3, time_limit=10 * 60 * 1000)
-async def audit_ledger() -> None:
-    """Run `ledger verify` over the whole ledger; a broken ledger is logged as an error and
-    exported as `sir_ledger_problems` so an alert fires."""
-    async with runtime.database().connect() as conn:
-        await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-        report = await verify_ledger(conn)
-    LEDGER_PROBLEMS.set(len(report.problems))
-    if report.ok:
-        log.info(report.render())
-    else:
-        log.error(report.render())
+def all_ticks() -> list[Tick]:
+    return [tick for module in MODULES for tick in getattr(module, "TICKS", [])]

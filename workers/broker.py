@@ -1,7 +1,13 @@
-"""The Dramatiq broker, configured from REDIS_URL when this module is imported.
+"""The Dramatiq broker, configured from REDIS_URL when this module is imported, and the retry
+policy every actor shares.
 
 Dramatiq binds actors to the global broker at declaration, so `workers.actors` imports this
 module first. `redis://` selects the Redis broker; `amqp://` selects RabbitMQ (needs `pika`).
+
+Retries: transient faults (database or Redis unreachable, timeouts, deadlocks) are retried with
+exponential backoff; domain errors (`SirError` other than ServiceUnavailable) never are, since
+the same input would fail the same way. After MAX_RETRIES a message goes to the dead-letter
+queue, where `sir-engine dead-letters` shows and requeues it.
 """
 
 from __future__ import annotations
@@ -10,11 +16,52 @@ import os
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Retries
 from dramatiq.middleware.asyncio import AsyncIO
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, ServiceUnavailable, SirError
 
 QUEUES = ("distribution", "webhooks", "sweeps", "maintenance")
+MAX_RETRIES = 20
+MIN_BACKOFF_MS = 1_000
+MAX_BACKOFF_MS = 5 * 60_000
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A fault that may pass by itself: worth retrying the same message later."""
+    if isinstance(exc, ServiceUnavailable):
+        return True
+    if isinstance(exc, SirError):
+        return False
+    if isinstance(
+        exc,
+        (
+            OperationalError,
+            InterfaceError,
+            OSError,
+            RedisConnectionError,
+            RedisTimeoutError,
+            TimeoutError,
+        ),
+    ):
+        return True
+    if isinstance(exc, DBAPIError):
+        # Deadlocks, serialisation failures and connections lost mid-statement.
+        name = type(exc.orig).__name__ if exc.orig is not None else ""
+        return exc.connection_invalidated or name in {
+            "DeadlockDetectedError",
+            "SerializationError",
+            "LockNotAvailableError",
+            "QueryCanceledError",
+        }
+    return False
+
+
+def should_retry(retries: int, exc: BaseException) -> bool:
+    return retries <= MAX_RETRIES and is_transient(exc)
 
 
 def build_broker(url: str) -> dramatiq.Broker:
@@ -28,7 +75,14 @@ def build_broker(url: str) -> dramatiq.Broker:
         broker: dramatiq.Broker = RabbitmqBroker(url=url)
     else:
         broker = RedisBroker(url=url)
+    for middleware in broker.middleware:
+        if isinstance(middleware, Retries):
+            middleware.retry_when = should_retry
+            middleware.min_backoff = MIN_BACKOFF_MS
+            middleware.max_backoff = MAX_BACKOFF_MS
     broker.add_middleware(AsyncIO())
+    for queue in QUEUES:
+        broker.declare_queue(queue)
     return broker
 
 

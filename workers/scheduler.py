@@ -12,10 +12,11 @@ import secrets
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import redis
 from apscheduler.schedulers.blocking import BlockingScheduler
+
+from workers.ticks import Tick
 
 log = logging.getLogger("sir.scheduler")
 
@@ -29,13 +30,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-@dataclass(frozen=True)
-class Tick:
-    name: str
-    seconds: int
-    send: Callable[[], object]
 
 
 class LeaderLock:
