@@ -123,6 +123,42 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     return asyncio.run(_verify(settings, args))
 
 
+# -- dead letters ------------------------------------------------------------------------------
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    import redis
+    from dramatiq.brokers.redis import RedisBroker
+
+    from ops import dead_letters
+    from workers.broker import QUEUES
+
+    settings = load_settings(need_master_key=False)
+    client = redis.Redis.from_url(settings.redis_url)
+    queues = tuple(args.queue) if args.queue else QUEUES
+    letters = dead_letters.list_dead(client, queues, limit=args.limit)
+    if args.id:
+        letters = [
+            letter
+            for letter in letters
+            if letter.redis_id in args.id or letter.message.message_id in args.id
+        ]
+    if args.dead_command == "list":
+        for letter in letters:
+            print(json.dumps(letter.summary()))
+        print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+        return 0
+    if not args.id and not args.all:
+        print("sir-engine dead-letters: name --id ID (repeatable) or --all", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.dead_command == "requeue":
+        count = dead_letters.requeue(client, RedisBroker(url=settings.redis_url), letters)
+    else:
+        count = dead_letters.purge(client, letters)
+    print(f"{args.dead_command}d {count} dead letter(s)")
+    return 0
+
+
 # -- admin -------------------------------------------------------------------------------------
 
 
@@ -304,6 +340,25 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--partner", default=None, help="only this partner (with --environment)")
     verify.add_argument("--environment", default="sandbox", choices=("sandbox", "production"))
     verify.set_defaults(func=cmd_ledger_verify)
+
+    dead = sub.add_parser(
+        "dead-letters", help="list, requeue or purge messages the workers gave up on"
+    )
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    for name, helptext in (
+        ("list", "show dead letters as JSON lines"),
+        ("requeue", "send dead letters back to their queues (retries reset)"),
+        ("purge", "delete dead letters"),
+    ):
+        d = dead_sub.add_parser(name, help=helptext)
+        d.add_argument("--queue", action="append", help="only this queue (repeatable; default all)")
+        d.add_argument("--id", action="append", help="only this message (repeatable)")
+        d.add_argument("--limit", type=int, default=1000)
+        if name != "list":
+            d.add_argument(
+                "--all", action="store_true", help="every dead letter of the chosen queues"
+            )
+        d.set_defaults(func=cmd_dead_letters, all=False)
 
     admin = sub.add_parser("admin", help="operator bootstrap from the shell")
     admin.add_argument("--actor", default="shell", help="who is acting (recorded in the audit log)")
