@@ -617,6 +617,8 @@ webhook_deliveries = Table(
     Column("last_status_code", Integer),
     _created(),
     _updated(),
+    # When the pick-up tick handed the delivery to a queue message; cleared as the attempt starts.
+    Column("queued_at", DateTime(timezone=True)),
     CheckConstraint("status IN ('PENDING', 'SUCCEEDED', 'FAILED')", name="status"),
     ForeignKeyConstraint(
         ["endpoint_id", "partner_id", "environment"],
@@ -626,6 +628,7 @@ webhook_deliveries = Table(
     Index(
         "ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'PENDING'")
     ),
+    Index(None, "endpoint_id", "created_at"),  # an endpoint's deliveries, newest first
 )
 
 webhook_attempts = Table(
@@ -637,6 +640,7 @@ webhook_attempts = Table(
     Column("status_code", Integer),
     Column("latency_ms", Integer),
     Column("error", Text),
+    Column("response_excerpt", Text),  # the first 500 characters the receiver answered
     Index(None, "delivery_id"),
 )
 
