@@ -13,7 +13,17 @@ from engine.crypto import SecretBox
 from engine.db import create_engine
 from engine.group_commit import GroupCommitter
 from engine.settings import Settings
-from http_front import actions, admin, campaigns, health, pools, portal, transactions, users
+from http_front import (
+    actions,
+    admin,
+    batches,
+    campaigns,
+    health,
+    pools,
+    portal,
+    transactions,
+    users,
+)
 from http_front.auth_partner import ensure_replay_epoch
 from http_front.keys import DB, GROUP_COMMIT, REDIS, SECRET_BOX, SETTINGS
 from http_front.middlewares import error_middleware, request_id_middleware
@@ -59,6 +69,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)
     app.add_routes(health.routes)
-    for module in (admin, portal, users, actions, campaigns, pools, transactions):
+    for module in (admin, portal, users, actions, batches, campaigns, pools, transactions):
         module.add_routes(app)
     return app

@@ -9,9 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from engine.crypto import SecretBox
 from engine.group_commit import GroupCommitter
 from engine.settings import Settings
+from workers.dispatch import Dispatcher
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", AsyncEngine)
 REDIS = web.AppKey("redis", aioredis.Redis)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 GROUP_COMMIT = web.AppKey("group_commit", GroupCommitter)
+DISPATCH = web.AppKey("dispatch", Dispatcher)  # nudges workers (batches); see http_front.batches
