@@ -208,6 +208,9 @@ token_pools = Table(
     Column(
         "auto_refill", JSONB, nullable=False, server_default=text("'{\"enabled\": false}'::jsonb")
     ),
+    # Set when token_pool.low_balance is recorded, cleared once the balance is back at/above
+    # the threshold (migration 0003; a trigger on outbox_events sets it for submit's alerts).
+    Column("low_balance_alerted_at", DateTime(timezone=True)),
     _created(),
     _updated(),
     CheckConstraint("status IN ('ACTIVE', 'EXHAUSTED', 'CLOSED')", name="status"),
@@ -384,6 +387,8 @@ lots = Table(
     Column("vests_at", DateTime(timezone=True)),
     Column("expires_at", DateTime(timezone=True)),
     _created(),
+    # When the vesting sweep moved the lot to the available account (vests_at is kept).
+    Column("vested_at", DateTime(timezone=True)),
     CheckConstraint("amount > 0 AND remaining >= 0 AND remaining <= amount", name="remaining"),
     CheckConstraint(
         "expires_at IS NULL OR vests_at IS NULL OR expires_at > vests_at", name="dates"
@@ -408,6 +413,12 @@ lots = Table(
         "ix_lots_expiring",
         "expires_at",
         postgresql_where=text("remaining > 0 AND expires_at IS NOT NULL"),
+    ),
+    # Lots still waiting to vest: what the vesting sweep claims (migration 0003).
+    Index(
+        "ix_lots_vest_due",
+        "vests_at",
+        postgresql_where=text("remaining > 0 AND vests_at IS NOT NULL AND vested_at IS NULL"),
     ),
 )
 
