@@ -287,3 +287,13 @@ class AlreadyReversed(Conflict):
 
 class ReversalExceedsAction(Unprocessable):
     code = "REVERSAL_EXCEEDS_ACTION"
+
+
+# -- webhooks (contract sections 7 and 9) ---------------------------------------------------------
+
+
+class WebhookEndpointInactive(Unprocessable):
+    """Testing, or replaying a delivery to, an endpoint that is disabled (by the partner, by a
+    410 Gone, or after failing every delivery for 5 days): nothing would be sent."""
+
+    code = "WEBHOOK_ENDPOINT_INACTIVE"
