@@ -32,8 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import and_, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import audit
@@ -478,47 +477,6 @@ async def rotate_secret(
 
 
 # -- deliveries: creating them --------------------------------------------------------------------
-
-
-async def fan_out(
-    conn: AsyncConnection, scope: Scope, event_id: str, event_type: str, now: datetime
-) -> list[str]:
-    """Create a PENDING delivery, due `now`, of one recorded event to every active endpoint of
-    the scope that wants its type; returns the new delivery ids (none twice: an event already
-    fanned out to an endpoint is skipped). `webhook.test` goes only where `send_test` sends it."""
-    if event_type == TEST_EVENT:
-        return []
-    e = webhook_endpoints
-    endpoint_ids = (
-        await conn.execute(
-            select(e.c.id).where(
-                _scoped(scope),
-                e.c.is_active,
-                or_(e.c.receive_all_events, e.c.event_types.any_() == event_type),
-            )
-        )
-    ).scalars()
-    rows = [
-        {
-            "id": new_id(),
-            "partner_id": scope.partner_id,
-            "environment": scope.environment,
-            "event_id": event_id,
-            "endpoint_id": endpoint_id,
-            "status": "PENDING",
-            "next_attempt_at": now,
-        }
-        for endpoint_id in endpoint_ids
-    ]
-    if not rows:
-        return []
-    result = await conn.execute(
-        pg_insert(webhook_deliveries)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
-        .returning(webhook_deliveries.c.id)
-    )
-    return [r[0] for r in result]
 
 
 async def _insert_delivery(
@@ -991,7 +949,6 @@ __all__ = [
     "due_deliveries",
     "endpoint_json",
     "event_body",
-    "fan_out",
     "get_delivery",
     "get_endpoint",
     "header_problems",

@@ -9,14 +9,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine import audit, credentials, organizations, partners, pools, portal, topups
+from engine import webhooks as webhook_engine
 from engine.errors import ValidationFailed
 from engine.pagination import read_page
 from engine.scope import Scope
 from http_front.auth_operator import OPERATOR, operator_required
 from http_front.auth_partner import keyring
 from http_front.body import json_response, read_model
-from http_front.keys import DB, SECRET_BOX
+from http_front.keys import DB, SECRET_BOX, SETTINGS
 from schemas import admin as wire
+from schemas.webhooks import OperatorEndpointCreate
 
 PREFIX = "/api/v1/admin"
 
@@ -347,6 +349,31 @@ async def patch_organization(request: web.Request) -> web.Response:
     return json_response(wire.organization_json(row))
 
 
+# -- webhooks -------------------------------------------------------------------------------------
+
+
+@operator_required
+async def create_webhook(request: web.Request) -> web.Response:
+    """Register a webhook endpoint for a partner (contract 6); the secret is shown once."""
+    body = await read_model(request, OperatorEndpointCreate)
+    partner_id = request.match_info["partner_id"]
+    box = request.app[SECRET_BOX]
+    async with request.app[DB].begin() as conn:
+        await partners.get_partner(conn, partner_id)
+        row, secret = await webhook_engine.create_endpoint(
+            conn,
+            box,
+            Scope(partner_id, body.environment),
+            body.to_spec(),
+            allow_private=request.app[SETTINGS].webhook_allow_private,
+            actor=request[OPERATOR],
+        )
+    return json_response(
+        {**webhook_engine.endpoint_json(row, box), "partnerId": partner_id, "secret": secret},
+        status=201,
+    )
+
+
 def add_routes(app: web.Application) -> None:
     """Register the operator API under /api/v1/admin."""
     p = PREFIX
@@ -371,3 +398,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{p}/organizations", create_organization)
     app.router.add_get(f"{p}/organizations", list_organizations)
     app.router.add_patch(f"{p}/organizations/{{slug}}", patch_organization)
+    app.router.add_post(f"{p}/partners/{{partner_id}}/webhooks", create_webhook)

@@ -23,6 +23,7 @@ from http_front import (
     portal,
     transactions,
     users,
+    webhooks,
 )
 from http_front.auth_partner import ensure_replay_epoch
 from http_front.keys import DB, GROUP_COMMIT, REDIS, SECRET_BOX, SETTINGS
@@ -69,6 +70,16 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)
     app.add_routes(health.routes)
-    for module in (admin, portal, users, actions, batches, campaigns, pools, transactions):
+    for module in (
+        admin,
+        portal,
+        users,
+        actions,
+        batches,
+        campaigns,
+        pools,
+        transactions,
+        webhooks,
+    ):
         module.add_routes(app)
     return app
