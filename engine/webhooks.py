@@ -68,7 +68,7 @@ MAX_HEADERS = 20
 MAX_HEADER_NAME = 256
 MAX_HEADER_VALUE = 4096
 # RFC 9110 token characters: anything else (CR, LF, ':', spaces) cannot be a header name.
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # The engine owns these; the hop-by-hop ones would corrupt the request's framing.
 _RESERVED_HEADERS = frozenset(
     {
@@ -168,7 +168,7 @@ def header_problems(headers: Mapping[str, Any]) -> dict[str, list[str]]:
     for name, value in headers.items():
         where = f"headers.{name}"
         lowered = name.lower()
-        if not _TOKEN.match(name) or len(name) > MAX_HEADER_NAME:
+        if not _TOKEN.fullmatch(name) or len(name) > MAX_HEADER_NAME:
             problems.setdefault(where, []).append(
                 "is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"
             )
