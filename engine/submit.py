@@ -217,8 +217,13 @@ async def apply_actions(
             candidates[i] = by_type[request.action_type]
     deciding = [i for i in checked if outcomes[i] is None]
 
-    default_pool, pools = await _pools(
-        conn, scope, {c["pool_id"] for cs in candidates.values() for c in cs if c["pool_id"]}
+    # Replays and refusals only: nothing to decide, so stay off the hot pool row entirely.
+    default_pool, pools = (
+        await _pools(
+            conn, scope, {c["pool_id"] for i in deciding for c in candidates[i] if c["pool_id"]}
+        )
+        if deciding
+        else (None, {})
     )
 
     # 2. locks: pool accounts, then campaigns, each in id order

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -62,11 +63,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_worker_metrics(port: int) -> None:
+    """Prometheus multiprocess mode, done before anything imports prometheus_client.
+
+    Every worker process writes its samples to one directory, and Dramatiq's exposition server
+    (a forked process) serves them all on `port`. Our own actor metrics are created at import
+    time, so the directory must be in the environment before the actor modules load.
+    """
+    import shutil
+    import tempfile
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
+        tempfile.gettempdir(), f"sir-worker-metrics-{port}"
+    )
+    shutil.rmtree(directory, ignore_errors=True)  # stale samples of dead processes would add up
+    os.makedirs(directory, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    os.environ["dramatiq_prom_db"] = directory
+    os.environ["dramatiq_prom_port"] = str(port)
+    os.environ.setdefault(
+        "dramatiq_prom_host", os.environ.get("SIR_WORKER_METRICS_HOST", "127.0.0.1")
+    )
+    os.environ["SIR_WORKER_METRICS"] = "1"
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    load_settings()  # fail fast on configuration, before Dramatiq forks
+    if args.metrics_port:
+        _prepare_worker_metrics(args.metrics_port)
+
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
-    load_settings()  # fail fast on configuration, before Dramatiq forks
     argv = ["workers.actors", "--processes", str(args.processes), "--threads", str(args.threads)]
     if args.queues:
         argv += ["--queues", *args.queues]
@@ -326,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, default=8)
     worker.add_argument(
         "--queues", nargs="*", default=None, help="queues to consume (default: all)"
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("SIR_WORKER_METRICS_PORT", "9191")),
+        help="Prometheus port of this worker group (0 disables; default 9191 or SIR_WORKER_METRICS_PORT)",
     )
     worker.set_defaults(func=cmd_worker)
 

@@ -56,6 +56,8 @@ class Services:
             SIR_MASTER_KEY=self.master_key,
             SIR_OPERATOR_TOKENS=OPERATOR_TOKEN,
             SIR_WEBHOOK_ALLOW_PRIVATE="true",
+            # Worker metrics servers off unless a test asks (they would share port 9191).
+            SIR_WORKER_METRICS_PORT="0",
         )
         env.update(extra)
         return env

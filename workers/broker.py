@@ -81,6 +81,11 @@ def build_broker(url: str) -> dramatiq.Broker:
             middleware.min_backoff = MIN_BACKOFF_MS
             middleware.max_backoff = MAX_BACKOFF_MS
     broker.add_middleware(AsyncIO())
+    if os.environ.get("SIR_WORKER_METRICS"):
+        # Imported only here: the module reads its directory from the environment at import.
+        from dramatiq.middleware.prometheus import Prometheus
+
+        broker.add_middleware(Prometheus())
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker

@@ -11,12 +11,20 @@ from sqlalchemy import text
 
 from engine.verify import verify_ledger
 from workers import runtime
-from workers.broker import broker  # noqa: F401 - configures the global broker first
+from workers.broker import QUEUES, broker
 from workers.ticks import Tick
 
 log = logging.getLogger("sir.workers")
 
-LEDGER_PROBLEMS = Gauge("sir_ledger_problems", "Problems found by the last ledger audit")
+LEDGER_PROBLEMS = Gauge(
+    "sir_ledger_problems", "Problems found by the last ledger audit", multiprocess_mode="max"
+)
+QUEUE_DEPTH = Gauge(
+    "sir_queue_depth",
+    "Messages waiting per queue (ready and delayed)",
+    ["queue"],
+    multiprocess_mode="max",
+)
 
 
 @dramatiq.actor(queue_name="maintenance", time_limit=10 * 60 * 1000)
@@ -31,6 +39,16 @@ async def audit_ledger() -> None:
         log.info(report.render())
     else:
         log.error(report.render())
+
+
+@dramatiq.actor(queue_name="maintenance", time_limit=60 * 1000)
+def measure_queues() -> None:
+    """Export how many messages wait in each queue, so operators see which pool to scale."""
+    client = broker.client  # type: ignore[attr-defined]
+    for queue in QUEUES:
+        ready = client.hlen(f"dramatiq:{queue}.msgs")
+        delayed = client.hlen(f"dramatiq:{queue}.DQ.msgs")
+        QUEUE_DEPTH.labels(queue).set(int(ready) + int(delayed))
 
 
 TICKS = [

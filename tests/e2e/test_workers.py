@@ -112,3 +112,72 @@ def test_two_scheduler_processes_enqueue_ticks_once(services, tmp_path):
     # ~5 one-second ticks from the leader alone; two leaders would have made ~10.
     assert 3 <= enqueued <= 7, enqueued
     client.delete("dramatiq:maintenance", "dramatiq:maintenance.msgs")
+
+
+def test_worker_metrics_are_served_across_processes(services, tmp_path):
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = services.env(
+        SIR_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")
+    )
+    # Enqueue from plain processes: the metrics directory belongs to the worker group.
+    _enqueue_audit(services.env())
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from workers.maintenance import measure_queues; measure_queues.send()",
+        ],
+        env=services.env(),
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as sink:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ops.cli",
+                "worker",
+                "--processes",
+                "2",
+                "--threads",
+                "2",
+                "--queues",
+                "maintenance",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for(log, "ledger OK")
+            deadline = time.monotonic() + 30
+            body = ""
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/metrics", timeout=2
+                    ) as response:
+                        body = response.read().decode()
+                except OSError:
+                    body = ""
+                if 'actor_name="audit_ledger"' in body and "sir_queue_depth" in body:
+                    break
+                time.sleep(0.3)
+            # Dramatiq's own counters and ours, from whichever worker process ran them.
+            assert (
+                'dramatiq_messages_total{actor_name="audit_ledger",queue_name="maintenance"}'
+                in body
+            ), body[-3000:]
+            assert "sir_ledger_problems" in body
+            assert 'sir_queue_depth{queue="maintenance"}' in body
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=60) == 0
