@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import DBAPIError
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from engine.action_request import ActionRequest
 from engine.errors import SirError
 from engine.scope import Scope
-from engine.submit import Outcome, answer, apply_in_transaction
+from engine.submit import Applied, Outcome, answer, apply_in_transaction
 
 log = logging.getLogger("sir.group_commit")
 
@@ -47,9 +48,18 @@ class GroupStats:
 class GroupCommitter:
     """Coalesces `submit` calls per scope. Create and use it on one event loop."""
 
-    def __init__(self, db: AsyncEngine, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        db: AsyncEngine,
+        *,
+        max_batch: int = MAX_BATCH,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
         self.max_batch = max_batch
+        # Called (synchronously, must not block) after a batch that applied actions committed:
+        # the front uses it to nudge the outbox relay, so events leave right after commit.
+        self.after_commit = after_commit
         self.stats = GroupStats()
         self._lanes: dict[Scope, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -76,6 +86,8 @@ class GroupCommitter:
                 if not live:
                     continue
                 results = await self._commit(scope, [request for request, _ in live])
+                if self.after_commit is not None and any(isinstance(r, Applied) for r in results):
+                    self.after_commit()
                 for (_, future), result in zip(live, results, strict=True):
                     if future.done():
                         continue

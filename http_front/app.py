@@ -26,8 +26,9 @@ from http_front import (
     webhooks,
 )
 from http_front.auth_partner import ensure_replay_epoch
-from http_front.keys import DB, GROUP_COMMIT, REDIS, SECRET_BOX, SETTINGS
+from http_front.keys import DB, DISPATCH, GROUP_COMMIT, NUDGE, REDIS, SECRET_BOX, SETTINGS
 from http_front.middlewares import error_middleware, request_id_middleware
+from workers.dispatch import Nudge
 
 log = logging.getLogger("sir.http")
 
@@ -37,7 +38,16 @@ MAX_BODY = 1024 * 1024  # 1 MiB; /actions/batch raises its own limit to 8 MiB
 async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(app[SETTINGS].database_url)
     app[DB] = engine
-    app[GROUP_COMMIT] = GroupCommitter(engine)
+
+    def nudge_relay() -> None:
+        # The dispatcher comes up in a later cleanup context; until then the relay tick covers.
+        dispatcher = app.get(DISPATCH)
+        if dispatcher is not None:
+            if NUDGE not in app:
+                app[NUDGE] = Nudge(dispatcher, "webhooks", "relay_outbox")
+            app[NUDGE]()
+
+    app[GROUP_COMMIT] = GroupCommitter(engine, after_commit=nudge_relay)
     yield
     await app[GROUP_COMMIT].close()  # let batches in flight commit before the pool closes
     await engine.dispose()

@@ -42,3 +42,35 @@ class Dispatcher:
 
     def close(self) -> None:
         self._broker.close()
+
+
+class Nudge:
+    """A throttled, fire-and-forget `send_soon` of one message: at most one per `interval`,
+    and a trailing one for calls that arrived inside the interval, so the last burst of work
+    is not left for the periodic tick."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, queue: str, actor: str, *, interval: float = 0.1
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._queue = queue
+        self._actor = actor
+        self._interval = interval
+        self._last = 0.0
+        self._trailing: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    def __call__(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last + self._interval - loop.time()
+        if wait <= 0:
+            self._fire()
+        elif self._trailing is None:
+            self._trailing = loop.call_later(wait, self._fire)
+
+    def _fire(self) -> None:
+        self._trailing = None
+        self._last = asyncio.get_running_loop().time()
+        task = asyncio.ensure_future(self._dispatcher.send_soon(self._queue, self._actor))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
