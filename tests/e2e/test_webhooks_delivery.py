@@ -465,7 +465,7 @@ async def test_http_crud_validation_and_scoping(db, box, make_partner, engine_pr
             "headers.X-Ok",
         }
         created = await _create(
-            sir, "https://hooks.example.com/a", description="main", headers={"X-A": "1"}
+            sir, "https://hooks.sir.invalid/a", description="main", headers={"X-A": "1"}
         )
         path = f"/v1/partner/webhooks/{created['id']}"
         shown = await sir.request("GET", path)
@@ -501,7 +501,7 @@ async def test_operator_registers_a_webhook_for_a_partner(db, box, make_partner,
         async with http.post(
             f"{engine_processes}/api/v1/admin/partners/{partner.partner_id}/webhooks",
             json={
-                "url": "https://hooks.example.com/op",
+                "url": "https://hooks.sir.invalid/op",
                 "environment": "sandbox",
                 "receiveAllEvents": True,
             },

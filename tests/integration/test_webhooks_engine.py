@@ -19,7 +19,7 @@ from engine.tables import outbox_events, webhook_attempts, webhook_deliveries, w
 from engine.webhooks import AttemptResult, EndpointSpec
 from sir_client.webhooks import verify_webhook
 
-URL = "https://hooks.example.com/sir"
+URL = "https://hooks.sir.invalid/sir"
 
 
 async def endpoint(db, box, scope, **spec):
