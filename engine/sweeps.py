@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,111 +41,68 @@ def _scope(partner_id: str, environment: str) -> Scope:
     return Scope(partner_id, environment)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True, slots=True)
-class _Lot:
-    id: int
-    scope: Scope
-    account_id: int
-    remaining: int
-    expires_at: datetime | None
-
-    @property
-    def spend_order(self) -> tuple[bool, datetime, int]:
-        # Earliest-expiring first, lots that never expire last, ties by age: as consume_lots.
-        return (
-            self.expires_at is None,
-            self.expires_at or datetime.min.replace(tzinfo=UTC),
-            self.id,
-        )
+def _scope_order(scope: Scope) -> tuple[str, str]:
+    # Scopes in a fixed order, so two sweepers whose batches share wallets in several scopes
+    # lock those accounts in the same order.
+    return scope.partner_id, scope.environment
 
 
-@dataclass(frozen=True, slots=True)
-class _Owner:
-    """Who a wallet account belongs to, as partners name them in events."""
-
-    key: tuple[str, str]  # ("user", partner_users.id) | ("organization", organizations.id)
-    external_user_id: str | None
-    organization_slug: str | None
-
-    @property
-    def wire(self) -> dict[str, str]:
-        if self.external_user_id is not None:
-            return {"externalUserId": self.external_user_id}
-        return {"organizationSlug": self.organization_slug or ""}
-
-
-def _lots(rows: Iterable[Any]) -> list[_Lot]:
-    return [
-        _Lot(
-            int(row.id),
-            _scope(row.partner_id, row.environment),
-            int(row.account_id),
-            int(row.remaining),
-            row.expires_at,
-        )
-        for row in rows
-    ]
-
-
-def _by_scope(lots: Iterable[_Lot]) -> list[tuple[Scope, list[_Lot]]]:
-    """Claimed lots grouped per partner-environment, scopes in a fixed order so that two sweepers
-    whose batches share wallets in several scopes lock accounts in the same order."""
-    groups: dict[Scope, list[_Lot]] = defaultdict(list)
-    for lot in lots:
-        groups[lot.scope].append(lot)
-    return sorted(groups.items(), key=lambda item: (item[0].partner_id, item[0].environment))
-
-
-_OWNERS_SQL = text(
-    "SELECT a.id, a.kind, a.partner_user_id, a.organization_id, u.external_user_id, o.slug "
-    "FROM ledger_accounts a LEFT JOIN partner_users u ON u.id = a.partner_user_id "
-    "LEFT JOIN organizations o ON o.id = a.organization_id WHERE a.id = ANY(:ids)"
-).bindparams(_IDS)
-
-
-async def _owners(
-    conn: AsyncConnection, account_ids: Iterable[int]
-) -> dict[int, tuple[str, _Owner]]:
-    """account id -> (kind, owner) for wallet accounts."""
-    rows = await conn.execute(_OWNERS_SQL, {"ids": sorted(set(account_ids))})
-    found: dict[int, tuple[str, _Owner]] = {}
-    for account_id, kind, user_id, org_id, external, slug in rows:
-        key = ("user", user_id) if user_id is not None else ("organization", org_id)
-        found[int(account_id)] = (kind, _Owner(key, external, slug))
-    return found
+def _owner(external_user_id: str | None, organization_slug: str | None) -> dict[str, str]:
+    """A wallet's holder as partners name them in events."""
+    if external_user_id is not None:
+        return {"externalUserId": external_user_id}
+    return {"organizationSlug": organization_slug or ""}
 
 
 # -- vesting ------------------------------------------------------------------------------------
+#
+# The per-lot work stays in PostgreSQL: one statement claims the due lots (ix_lots_vest_due,
+# which holds exactly the lots waiting to vest), moves them to their wallet's available account
+# and answers one row per wallet. Python only sees wallets (entries, events) and, for the rare
+# wallet in debt, that wallet's lots.
 
-# ix_lots_vest_due holds exactly the lots waiting to vest (vested ones keep vests_at).
-_CLAIM_VESTING = text(
-    "SELECT id, partner_id, environment, account_id, remaining, expires_at FROM lots "
-    "WHERE remaining > 0 AND vests_at IS NOT NULL AND vested_at IS NULL AND vests_at <= :now "
-    "ORDER BY vests_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+_VEST_SQL = text(
+    """
+WITH claimed AS (
+    SELECT id, account_id FROM lots
+     WHERE remaining > 0 AND vests_at IS NOT NULL AND vested_at IS NULL AND vests_at <= :now
+     ORDER BY vests_at LIMIT :limit FOR UPDATE SKIP LOCKED
+), pairs AS (
+    SELECT k.id AS locked_id, v.id AS available_id, u.external_user_id, NULL::text AS slug
+      FROM ledger_accounts k
+      JOIN ledger_accounts v ON v.partner_user_id = k.partner_user_id AND v.kind = 'WALLET_AVAILABLE'
+      JOIN partner_users u ON u.id = k.partner_user_id
+     WHERE k.kind = 'WALLET_LOCKED'
+       AND k.id IN (SELECT account_id FROM claimed)
+    UNION ALL
+    SELECT k.id, v.id, NULL, o.slug
+      FROM ledger_accounts k
+      JOIN ledger_accounts v ON v.organization_id = k.organization_id
+       AND v.partner_id = k.partner_id AND v.environment = k.environment
+       AND v.kind = 'WALLET_AVAILABLE'
+      JOIN organizations o ON o.id = k.organization_id
+     WHERE k.kind = 'WALLET_LOCKED'
+       AND k.id IN (SELECT account_id FROM claimed)
+), moved AS (
+    -- A lot not in a locked account (none by construction) is only marked, not moved.
+    UPDATE lots SET account_id = coalesce(p.available_id, c.account_id), vested_at = :now
+      FROM claimed c LEFT JOIN pairs p ON p.locked_id = c.account_id
+     WHERE lots.id = c.id
+    RETURNING lots.id, lots.partner_id, lots.environment, lots.remaining, lots.expires_at,
+              p.locked_id, p.available_id, p.external_user_id, p.slug
+)
+SELECT partner_id, environment, locked_id, available_id, external_user_id, slug,
+       sum(remaining) AS amount, count(*) AS lots,
+       array_agg(id ORDER BY expires_at ASC NULLS LAST, id) AS lot_ids,
+       array_agg(remaining ORDER BY expires_at ASC NULLS LAST, id) AS remainings
+  FROM moved GROUP BY partner_id, environment, locked_id, available_id, external_user_id, slug
+"""
 )
 
-# Each locked account with its wallet's available account (users and organizations apart, so
-# each half reaches its partner by a unique index).
-_WALLET_PAIRS_SQL = text(
-    "SELECT k.id, v.id FROM ledger_accounts k JOIN ledger_accounts v "
-    "ON v.partner_user_id = k.partner_user_id AND v.kind = 'WALLET_AVAILABLE' "
-    "WHERE k.id = ANY(:ids) AND k.kind = 'WALLET_LOCKED' "
-    "UNION ALL "
-    "SELECT k.id, v.id FROM ledger_accounts k JOIN ledger_accounts v "
-    "ON v.organization_id = k.organization_id AND v.partner_id = k.partner_id "
-    "AND v.environment = k.environment AND v.kind = 'WALLET_AVAILABLE' "
-    "WHERE k.id = ANY(:ids) AND k.kind = 'WALLET_LOCKED'"
-).bindparams(_IDS)
-
-_MOVE_LOTS_SQL = text(
-    "UPDATE lots SET account_id = t.account_id, remaining = t.remaining, vested_at = :now "
-    "FROM (SELECT unnest(:ids) AS id, unnest(:accounts) AS account_id, "
+_REPAY_SQL = text(
+    "UPDATE lots SET remaining = t.remaining FROM (SELECT unnest(:ids) AS id, "
     "unnest(:remainings) AS remaining) t WHERE lots.id = t.id"
-).bindparams(
-    _IDS,
-    bindparam("accounts", type_=ARRAY(BigInteger)),
-    bindparam("remainings", type_=ARRAY(BigInteger)),
-)
+).bindparams(_IDS, bindparam("remainings", type_=ARRAY(BigInteger)))
 
 
 async def vest_due(conn: AsyncConnection, now: datetime, limit: int) -> int:
@@ -154,65 +110,51 @@ async def vest_due(conn: AsyncConnection, now: datetime, limit: int) -> int:
 
     Per wallet, one VESTING entry moves the lots' remaining tokens from the locked account to the
     available one, and the lots move with them (`vests_at` kept, `vested_at` = now). A wallet in
-    debt is repaid first: the repaid part opens no spendable lot, so the available account's open
-    lots still sum to max(balance, 0). Records `tokens.vested` per wallet.
+    debt is repaid first, from its earliest-expiring lots: the repaid part opens no spendable
+    lot, so the available account's open lots still sum to max(balance, 0). Records
+    `tokens.vested` per wallet.
     """
-    lots = _lots(await conn.execute(_CLAIM_VESTING, {"now": now, "limit": limit}))
-    if not lots:
-        return 0
-    locked_ids = sorted({lot.account_id for lot in lots})
-    pairs = {int(k): int(v) for k, v in await conn.execute(_WALLET_PAIRS_SQL, {"ids": locked_ids})}
-    owners = await _owners(conn, pairs)
-    moved_ids: list[int] = []
-    moved_accounts: list[int] = []
-    moved_remaining: list[int] = []
-    for scope, scoped in _by_scope(lots):
-        per_wallet: dict[int, list[_Lot]] = defaultdict(list)
-        for lot in scoped:
-            if lot.account_id in pairs:
-                per_wallet[lot.account_id].append(lot)
-            else:
-                # Not in a locked account (nothing to unlock): only mark it so it is not
-                # claimed again.
-                moved_ids.append(lot.id)
-                moved_accounts.append(lot.account_id)
-                moved_remaining.append(lot.remaining)
-        drafts: list[EntryDraft] = []
-        wallets = sorted(per_wallet)
-        for locked_id in wallets:
-            amount = Tokens(sum(lot.remaining for lot in per_wallet[locked_id]))
-            drafts.append(
-                EntryDraft(
-                    "VESTING",
-                    (
-                        Leg(locked_id, -amount, "VESTING"),
-                        Leg(pairs[locked_id], amount, "VESTING"),
-                    ),
-                )
+    rows = (await conn.execute(_VEST_SQL, {"now": now, "limit": limit})).all()
+    handled = sum(int(row.lots) for row in rows)
+    by_scope: dict[Scope, list[Any]] = defaultdict(list)
+    for row in rows:
+        if row.locked_id is not None and int(row.amount) > 0:
+            by_scope[_scope(row.partner_id, row.environment)].append(row)
+    repay_ids: list[int] = []
+    repay_remaining: list[int] = []
+    for scope in sorted(by_scope, key=_scope_order):
+        wallets = sorted(by_scope[scope], key=lambda row: int(row.locked_id))
+        drafts = [
+            EntryDraft(
+                "VESTING",
+                (
+                    Leg(int(row.locked_id), -Tokens(int(row.amount)), "VESTING"),
+                    Leg(int(row.available_id), Tokens(int(row.amount)), "VESTING"),
+                ),
             )
+            for row in wallets
+        ]
         posted, balances = await post_entries(conn, scope, drafts)
         events: list[Event] = []
-        for locked_id, entry in zip(wallets, posted, strict=True):
-            wallet_lots = sorted(per_wallet[locked_id], key=lambda lot: lot.spend_order)
-            vested = sum(lot.remaining for lot in wallet_lots)
-            available_id = pairs[locked_id]
-            # A negative available balance before this entry is debt the vesting repays first,
-            # taken from the earliest-expiring lots (those the holder would lose first).
-            debt = max(0, -(balances[available_id] - vested))
+        for row, entry in zip(wallets, posted, strict=True):
+            vested = int(row.amount)
+            # Negative available balance before this entry: debt, repaid before anything opens.
+            debt = max(0, -(balances[int(row.available_id)] - vested))
             repaid = min(debt, vested)
-            for lot in wallet_lots:
-                take = min(lot.remaining, debt)
-                debt -= take
-                moved_ids.append(lot.id)
-                moved_accounts.append(available_id)
-                moved_remaining.append(lot.remaining - take)
+            if debt:
+                for lot_id, remaining in zip(row.lot_ids, row.remainings, strict=True):
+                    take = min(int(remaining), debt)
+                    if take:
+                        debt -= take
+                        repay_ids.append(int(lot_id))
+                        repay_remaining.append(int(remaining) - take)
             events.append(
                 Event(
                     "tokens.vested",
                     {
-                        **owners[locked_id][1].wire,
+                        **_owner(row.external_user_id, row.slug),
                         "amount": Tokens(vested),
-                        "lots": len(wallet_lots),
+                        "lots": int(row.lots),
                         "debtRepaid": Tokens(repaid),
                         "vestedAt": now,
                         "transactionIds": list(entry.posting_ids),
@@ -220,22 +162,33 @@ async def vest_due(conn: AsyncConnection, now: datetime, limit: int) -> int:
                 )
             )
         await record_events(conn, scope, events)
-    await conn.execute(
-        _MOVE_LOTS_SQL,
-        {"ids": moved_ids, "accounts": moved_accounts, "remainings": moved_remaining, "now": now},
-    )
-    return len(lots)
+    if repay_ids:
+        await conn.execute(_REPAY_SQL, {"ids": repay_ids, "remainings": repay_remaining})
+    return handled
 
 
 # -- expiry -------------------------------------------------------------------------------------
 
-_CLAIM_EXPIRY = text(
-    "SELECT id, partner_id, environment, account_id, remaining, expires_at FROM lots "
-    "WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= :now "
-    "ORDER BY expires_at, id LIMIT :limit FOR UPDATE SKIP LOCKED"
+_EXPIRE_SQL = text(
+    """
+WITH claimed AS (
+    SELECT id, remaining FROM lots
+     WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= :now
+     ORDER BY expires_at, id LIMIT :limit FOR UPDATE SKIP LOCKED
+), emptied AS (
+    UPDATE lots SET remaining = 0 FROM claimed c WHERE lots.id = c.id
+    RETURNING lots.partner_id, lots.environment, lots.account_id, c.remaining
+), per_account AS (
+    SELECT partner_id, environment, account_id, sum(remaining) AS amount, count(*) AS lots
+      FROM emptied GROUP BY partner_id, environment, account_id
 )
-
-_EMPTY_LOTS_SQL = text("UPDATE lots SET remaining = 0 WHERE id = ANY(:ids)").bindparams(_IDS)
+SELECT e.partner_id, e.environment, e.account_id, e.amount, e.lots, a.partner_user_id,
+       a.organization_id, u.external_user_id, o.slug
+  FROM per_account e JOIN ledger_accounts a ON a.id = e.account_id
+  LEFT JOIN partner_users u ON u.id = a.partner_user_id
+  LEFT JOIN organizations o ON o.id = a.organization_id
+"""
+)
 
 
 async def expire_due(conn: AsyncConnection, now: datetime, limit: int) -> int:
@@ -247,47 +200,42 @@ async def expire_due(conn: AsyncConnection, now: datetime, limit: int) -> int:
     partner-environment's SINK_EXPIRED account; the lots are emptied. Records `tokens.expired`
     per wallet.
     """
-    lots = _lots(await conn.execute(_CLAIM_EXPIRY, {"now": now, "limit": limit}))
-    if not lots:
-        return 0
-    owners = await _owners(conn, {lot.account_id for lot in lots})
-    for scope, scoped in _by_scope(lots):
+    rows = (await conn.execute(_EXPIRE_SQL, {"now": now, "limit": limit})).all()
+    handled = sum(int(row.lots) for row in rows)
+    # scope -> wallet (its owner) -> the accounts it loses tokens from
+    by_scope: dict[Scope, dict[tuple[str | None, str | None], list[Any]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for row in rows:
+        owner = (row.partner_user_id, row.organization_id)
+        by_scope[_scope(row.partner_id, row.environment)][owner].append(row)
+    for scope in sorted(by_scope, key=_scope_order):
         sink = await singleton_account(conn, scope, "SINK_EXPIRED")
-        per_wallet: dict[tuple[str, str], list[_Lot]] = defaultdict(list)
-        for lot in scoped:
-            per_wallet[owners[lot.account_id][1].key].append(lot)
-        keys = sorted(per_wallet)
-        drafts: list[EntryDraft] = []
-        for key in keys:
-            taken: dict[int, int] = defaultdict(int)
-            for lot in per_wallet[key]:
-                taken[lot.account_id] += lot.remaining
-            total = Tokens(sum(taken.values()))
+        wallets = [by_scope[scope][owner] for owner in sorted(by_scope[scope], key=str)]
+        drafts = []
+        for accounts in wallets:
+            total = Tokens(sum(int(row.amount) for row in accounts))
             legs = [
-                Leg(account, -Tokens(amount), "EXPIRATION")
-                for account, amount in sorted(taken.items())
+                Leg(int(row.account_id), -Tokens(int(row.amount)), "EXPIRATION")
+                for row in sorted(accounts, key=lambda row: int(row.account_id))
             ]
-            legs.append(Leg(sink, total, "EXPIRATION"))
-            drafts.append(EntryDraft("EXPIRATION", tuple(legs)))
+            drafts.append(EntryDraft("EXPIRATION", (*legs, Leg(sink, total, "EXPIRATION"))))
         posted, _ = await post_entries(conn, scope, drafts)
-        events = []
-        for key, entry in zip(keys, posted, strict=True):
-            wallet_lots = per_wallet[key]
-            events.append(
-                Event(
-                    "tokens.expired",
-                    {
-                        **owners[wallet_lots[0].account_id][1].wire,
-                        "amount": Tokens(sum(lot.remaining for lot in wallet_lots)),
-                        "lots": len(wallet_lots),
-                        "expiredAt": now,
-                        "transactionIds": list(entry.posting_ids[:-1]),
-                    },
-                )
+        events = [
+            Event(
+                "tokens.expired",
+                {
+                    **_owner(accounts[0].external_user_id, accounts[0].slug),
+                    "amount": Tokens(sum(int(row.amount) for row in accounts)),
+                    "lots": sum(int(row.lots) for row in accounts),
+                    "expiredAt": now,
+                    "transactionIds": list(entry.posting_ids[:-1]),
+                },
             )
+            for accounts, entry in zip(wallets, posted, strict=True)
+        ]
         await record_events(conn, scope, events)
-    await conn.execute(_EMPTY_LOTS_SQL, {"ids": [lot.id for lot in lots]})
-    return len(lots)
+    return handled
 
 
 # -- auto-refill --------------------------------------------------------------------------------

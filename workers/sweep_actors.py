@@ -26,7 +26,7 @@ from workers.ticks import Tick
 log = logging.getLogger("sir.workers.sweeps")
 
 QUEUE = "sweeps"
-BATCH_SIZE = int(os.environ.get("SIR_SWEEP_BATCH", "5000"))
+BATCH_SIZE = int(os.environ.get("SIR_SWEEP_BATCH", "20000"))
 MAX_BATCHES_PER_RUN = int(os.environ.get("SIR_SWEEP_MAX_BATCHES", "200"))
 TIME_LIMIT_MS = 10 * 60 * 1000
 
