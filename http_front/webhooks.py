@@ -1,8 +1,9 @@
 """Webhook endpoints (contract section 7 "Webhooks"): translate HTTP to `engine.webhooks`.
 
 Secret key with HMAC on every route; the caller's scope confines every query, so another
-partner's or environment's endpoint or delivery answers 404. `test` and `retry` only record a
-delivery due now: the workers' pick-up tick sends it (within SIR_WEBHOOK_PICKUP_SECONDS).
+partner's or environment's endpoint or delivery answers 404. `test` and `retry` record a
+delivery due now and nudge a worker after the commit; the nudge is best effort, the workers'
+pick-up tick (every SIR_WEBHOOK_PICKUP_SECONDS) is the guarantee.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from engine import webhooks
 from engine.pagination import read_page
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response, read_model
-from http_front.keys import DB, SECRET_BOX, SETTINGS
+from http_front.keys import DB, DISPATCH, SECRET_BOX, SETTINGS
 from http_front.principal import principal
 from schemas.webhooks import EndpointCreate, EndpointPatch
 
@@ -98,6 +99,7 @@ async def send_test(request: web.Request) -> web.Response:
         delivery = await webhooks.send_test(
             conn, principal(request).scope, request.match_info["endpoint_id"], _now()
         )
+    await _nudge(request, delivery["id"])
     return json_response(webhooks.delivery_json(delivery), status=202)
 
 
@@ -118,7 +120,15 @@ async def retry_delivery(request: web.Request) -> web.Response:
         delivery = await webhooks.replay_delivery(
             conn, principal(request).scope, request.match_info["delivery_id"], _now()
         )
+    await _nudge(request, delivery["id"])
     return json_response(webhooks.delivery_json(delivery), status=202)
+
+
+async def _nudge(request: web.Request, delivery_id: str) -> None:
+    # By name: the front never imports the actors. A refused send is logged by the dispatcher.
+    dispatcher = request.app.get(DISPATCH)
+    if dispatcher is not None:
+        await dispatcher.send_soon("webhooks", "deliver_webhook", delivery_id)
 
 
 def _now() -> datetime:
