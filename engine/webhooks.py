@@ -702,7 +702,9 @@ def _succeeded(status_code: int | None, error: str | None) -> bool:
     return status_code is not None and 200 <= status_code < 300 and error is None
 
 
-async def due_deliveries(conn: AsyncConnection, now: datetime, limit: int = 100) -> list[str]:
+async def due_deliveries(
+    conn: AsyncConnection, now: datetime, limit: int = 100, *, lease: timedelta = PICKUP_LEASE
+) -> list[str]:
     """Claim up to `limit` PENDING deliveries due by `now` for queue messages; returns their ids.
 
     Rows locked by another claimer are skipped, and each claimed row is leased for PICKUP_LEASE
@@ -721,13 +723,18 @@ async def due_deliveries(conn: AsyncConnection, now: datetime, limit: int = 100)
             " SET next_attempt_at = :lease_until, queued_at = :now, updated_at = now()"
             " FROM due WHERE d.id = due.id RETURNING d.id"
         ),
-        {"now": now, "lease_until": now + PICKUP_LEASE, "limit": limit},
+        {"now": now, "lease_until": now + lease, "limit": limit},
     )
     return [r[0] for r in result]
 
 
 async def next_attempt(
-    conn: AsyncConnection, box: SecretBox, delivery_id: str, now: datetime
+    conn: AsyncConnection,
+    box: SecretBox,
+    delivery_id: str,
+    now: datetime,
+    *,
+    lease: timedelta = IN_FLIGHT_LEASE,
 ) -> AttemptPlan | None:
     """Claim delivery `delivery_id` for one attempt and plan it; None when there is nothing to
     send now (not PENDING, not due and not handed out by a pick-up, endpoint inactive or gone).
@@ -775,7 +782,7 @@ async def next_attempt(
     await conn.execute(
         update(d)
         .where(d.c.id == delivery_id)
-        .values(next_attempt_at=now + IN_FLIGHT_LEASE, queued_at=None, updated_at=func.now())
+        .values(next_attempt_at=now + lease, queued_at=None, updated_at=func.now())
     )
     body = event_body(
         row["event_id"],

@@ -52,5 +52,10 @@ def measure_queues() -> None:
 
 
 TICKS = [
-    Tick("audit_ledger", int(os.environ.get("SIR_LEDGER_AUDIT_SECONDS", "900")), audit_ledger.send)
+    Tick("audit_ledger", int(os.environ.get("SIR_LEDGER_AUDIT_SECONDS", "900")), audit_ledger.send),
+    Tick(
+        "measure_queues",
+        float(os.environ.get("SIR_QUEUE_METRICS_SECONDS", "15")),
+        measure_queues.send,
+    ),
 ]

@@ -7,7 +7,6 @@ standby without double-firing: only the lock holder enqueues.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import signal
 import threading
@@ -61,15 +60,10 @@ class LeaderLock:
 
 
 def ticks() -> list[Tick]:
-    from workers import actors
+    """Every actor module's TICKS (relay, webhook pick-up, sweeps, batches, maintenance)."""
+    from workers.actors import all_ticks
 
-    return [
-        Tick(
-            "audit_ledger",
-            int(os.environ.get("SIR_LEDGER_AUDIT_SECONDS", "900")),
-            actors.audit_ledger.send,
-        )
-    ]
+    return all_ticks()
 
 
 def run(redis_url: str) -> None:

@@ -8,6 +8,8 @@ nothing: at worst a delivery waits for the next tick (or its claim's lease) and 
 
 Environment:
 - SIR_WEBHOOK_PICKUP_SECONDS (default 5): how often the pick-up tick runs.
+- SIR_WEBHOOK_LEASE_SECONDS (default 60): how long a claimed delivery waits before it counts as
+  lost and is picked up again (a killed worker, a message lost with Redis).
 - SIR_WEBHOOK_RETRY_SCALE (default 1): multiplies the retry schedule (tests use 0.01, so the
   first retry comes after ~50 ms instead of ~5 s). Never set it in production.
 
@@ -23,7 +25,7 @@ import logging
 import os
 import socket
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -66,6 +68,12 @@ LATENCY = Histogram(
 
 def retry_scale() -> float:
     return float(os.environ.get("SIR_WEBHOOK_RETRY_SCALE", "1"))
+
+
+def lease() -> timedelta:
+    """How long a claimed delivery is left alone before it counts as lost (a worker killed
+    mid-attempt, a message lost with Redis): SIR_WEBHOOK_LEASE_SECONDS, default 60."""
+    return timedelta(seconds=float(os.environ.get("SIR_WEBHOOK_LEASE_SECONDS", "60")))
 
 
 # -- per-process resources ------------------------------------------------------------------------
@@ -177,7 +185,7 @@ async def deliver_webhook(delivery_id: str) -> None:
     already claimed, finished or gone is left alone)."""
     db = runtime.database()
     async with db.begin() as conn:
-        plan = await next_attempt(conn, secret_box(), delivery_id, datetime.now(UTC))
+        plan = await next_attempt(conn, secret_box(), delivery_id, datetime.now(UTC), lease=lease())
     if plan is None:
         return
     result = await send(plan)
@@ -208,7 +216,7 @@ async def pick_up_due_deliveries() -> None:
     lost with Redis). The claim commits before the messages go; a message lost after that is
     made up for when the claim's lease passes."""
     async with runtime.database().begin() as conn:
-        ids = await due_deliveries(conn, datetime.now(UTC), PICKUP_BATCH)
+        ids = await due_deliveries(conn, datetime.now(UTC), PICKUP_BATCH, lease=lease())
     if ids:
         # redis-py is blocking: keep the worker's event loop free for other attempts.
         await asyncio.get_running_loop().run_in_executor(None, _enqueue, ids)

@@ -181,3 +181,21 @@ def test_worker_metrics_are_served_across_processes(services, tmp_path):
         finally:
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=60) == 0
+
+
+def test_the_scheduler_fires_every_modules_ticks():
+    from workers.scheduler import ticks
+
+    names = {tick.name for tick in ticks()}
+    assert {
+        "audit_ledger",
+        "measure_queues",
+        "outbox_relay",
+        "webhook_pickup",
+        "resume_batches",
+        "vest_tokens",
+        "expire_tokens",
+        "refill_pools",
+        "check_low_balances",
+        "alert_expiring_keys",
+    } <= names
