@@ -66,7 +66,7 @@ class Measured:
 # expires 30 days after it vested.
 _PLAN = """
 CREATE TEMP TABLE plan AS
-SELECT g AS n, ((g * 7919) % :users) + 1 AS u, (1 + g % 97) * 1000000 AS amount,
+SELECT g AS n, ((g::bigint * 7919) % :users)::int + 1 AS u, (1 + g % 97) * 1000000::bigint AS amount,
        CAST(:now AS timestamptz) - g * interval '1 second' AS vests_at
 FROM generate_series(1, :lots) AS g
 """
