@@ -17,8 +17,9 @@ from aiohttp import web
 from engine import batches
 from engine.action_request import ActionRequest
 from engine.errors import ValidationFailed
+from engine.wire import loads
 from http_front.auth_partner import secret_key_required
-from http_front.body import json_response, read_json
+from http_front.body import MalformedJson, UnsupportedMediaType, json_response
 from http_front.keys import DB, DISPATCH, SETTINGS
 from http_front.middlewares import Handler
 from http_front.principal import principal
@@ -47,9 +48,23 @@ def larger_body(limit: int) -> Callable[[Handler], Handler]:
     return decorate
 
 
+async def _read_body(request: web.Request) -> Any:
+    """As `http_front.body.read_json`, except for NUL characters, checked per item later:
+    one item's NUL must not refuse the whole batch."""
+    raw = await request.read()
+    if not raw:
+        return {}
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Send the body as application/json")
+    try:
+        return loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedJson("The request body is not valid JSON") from None
+
+
 def _nul_fields(value: Any, path: str, found: dict[str, list[str]]) -> None:
-    """PostgreSQL stores no NUL in text or jsonb. `read_json` refuses a NUL anywhere in the
-    body; here one item's NUL must reject that item only, so each item is checked by itself."""
+    """PostgreSQL stores no NUL in text or jsonb: each item is checked by itself, and an item
+    with a NUL is rejected with the field that holds it."""
     if isinstance(value, str):
         if "\x00" in value:
             found.setdefault(path or "body", []).append("must not contain NUL characters")
@@ -114,7 +129,7 @@ def _validate(items: list[Any]) -> tuple[list[int], list[ActionRequest], list[di
 @larger_body(BATCH_MAX_BODY)
 @secret_key_required
 async def submit_batch(request: web.Request) -> web.Response:
-    items = _envelope(await read_json(request))
+    items = _envelope(await _read_body(request))
     indexes, accepted, rejected = _validate(items)
     async with request.app[DB].begin() as conn:
         batch = await batches.create_batch(

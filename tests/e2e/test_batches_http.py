@@ -191,20 +191,27 @@ async def test_batch_through_a_worker(services, db, box, make_partner, front, tm
             items.append(_item(f"ok-{i}", f"user_{i % 25}", amount))
             expected_tokens += Decimal(amount)
     items.append(_item("ok-0", "user_0", "1.5"))  # index 300 repeats key ok-0: refused up front
-    invalid = {i for i in range(300) if i % 37 == 5} | {300}
+    items.append(_item("nul-1", "user_1", metadata={"note": "a\x00b"}))  # 301: NUL, this item only
+    items.append("not an object")  # 302
+    invalid = {i for i in range(300) if i % 37 == 5} | {300, 301, 302}
     ghosts = {i for i in range(300) if i % 29 == 3 and i not in invalid}
     fine = set(range(300)) - invalid - ghosts
 
     status, body = await _raw_post(base, keys, BATCH, dumps({"actions": items}).encode())
     assert status == 202, body
-    assert body["accepted"] == 301 - len(invalid)
+    assert body["accepted"] == len(items) - len(invalid)
     assert [r["index"] for r in body["rejected"]] == sorted(invalid)
     first = body["rejected"][0]["error"]
     assert first["code"] == "VALIDATION_FAILED" and first["name"] == "ValidationError"
     assert {"amount", "currency"} <= set(first["details"]["fields"])
-    assert body["rejected"][-1]["error"]["details"]["fields"] == {
+    rejected = {r["index"]: r["error"] for r in body["rejected"]}
+    assert rejected[300]["details"]["fields"] == {
         "idempotencyKey": ["repeats the idempotencyKey of item 0 of this batch"]
     }
+    assert rejected[301]["details"]["fields"] == {
+        "metadata.note": ["must not contain NUL characters"]
+    }
+    assert rejected[302]["code"] == "VALIDATION_FAILED"
 
     log = tmp_path / "worker.log"
     worker = _start_worker(services.env(), log)
