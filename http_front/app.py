@@ -28,7 +28,7 @@ from http_front import (
 from http_front.auth_partner import ensure_replay_epoch
 from http_front.keys import DB, DISPATCH, GROUP_COMMIT, NUDGE, REDIS, SECRET_BOX, SETTINGS
 from http_front.middlewares import error_middleware, request_id_middleware
-from workers.dispatch import Nudge
+from workers.dispatch import Dispatcher, Nudge
 
 log = logging.getLogger("sir.http")
 
@@ -71,6 +71,14 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
+async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
+    """Nudges to the workers (relay, batches, deliveries); the periodic ticks are the guarantee."""
+    dispatcher = Dispatcher(app[SETTINGS].redis_url)
+    app[DISPATCH] = dispatcher
+    yield
+    dispatcher.close()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[request_id_middleware, error_middleware], client_max_size=MAX_BODY
@@ -79,6 +87,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SECRET_BOX] = SecretBox(settings.master_key)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)
+    app.cleanup_ctx.append(_dispatcher)
     app.add_routes(health.routes)
     for module in (
         admin,

@@ -9,7 +9,7 @@ over 1 MiB: the route reads its body through a clone of the request with the lar
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -20,12 +20,11 @@ from engine.errors import ValidationFailed
 from engine.wire import loads
 from http_front.auth_partner import secret_key_required
 from http_front.body import MalformedJson, UnsupportedMediaType, json_response
-from http_front.keys import DB, DISPATCH, SETTINGS
+from http_front.keys import DB, DISPATCH
 from http_front.middlewares import Handler
 from http_front.principal import principal
 from schemas.actions import SubmitAction
 from schemas.base import parse
-from workers.dispatch import Dispatcher
 
 BASE = "/v1/partner/actions"
 BATCH_MAX_BODY = 8 * 1024 * 1024  # contract section 4: 8 MiB on /actions/batch, 1 MiB elsewhere
@@ -152,15 +151,7 @@ async def get_batch(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
-    dispatcher = Dispatcher(app[SETTINGS].redis_url)
-    app[DISPATCH] = dispatcher
-    yield
-    dispatcher.close()
-
-
 def add_routes(app: web.Application) -> None:
-    app.cleanup_ctx.append(_dispatcher)
     # POST /actions/batch cannot meet GET /actions/{action_id} (other method) nor
     # POST /actions/{action_id}/reverse (other depth); GET /actions/batches/{id} is two segments
     # deep, where only .../reverse (POST) lives. The routes test pins this down.
