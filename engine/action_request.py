@@ -69,8 +69,13 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def fingerprint(request: ActionRequest) -> bytes:
-    body = {
+def to_wire(request: ActionRequest) -> dict[str, Any]:
+    """The parsed action under its wire field names (amount a Decimal, occurredAt a datetime).
+
+    The one rendering both the idempotency fingerprint and stored batch items use; stored as
+    JSON through `engine.wire`, it keeps the amount exact.
+    """
+    return {
         "idempotencyKey": request.idempotency_key,
         "actionType": request.action_type,
         "amount": request.amount,
@@ -91,5 +96,10 @@ def fingerprint(request: ActionRequest) -> bytes:
             for s in request.stakeholders
         ],
     }
-    text = json.dumps(_canonical(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def fingerprint(request: ActionRequest) -> bytes:
+    text = json.dumps(
+        _canonical(to_wire(request)), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
     return hashlib.sha256(text.encode()).digest()

@@ -31,7 +31,7 @@ from sqlalchemy import ARRAY, Integer, Text, bindparam, insert, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from engine.action_request import ActionRequest, StakeholderRequest
+from engine.action_request import ActionRequest, StakeholderRequest, to_wire
 from engine.errors import (
     IdempotencyInProgress,
     NotFound,
@@ -44,7 +44,7 @@ from engine.outbox import Event, record_events
 from engine.scope import Scope
 from engine.submit import STATEMENT_DEADLINE, Applied, Outcome, Refused, Replayed, apply_actions
 from engine.tables import action_batch_items, action_batches
-from engine.wire import dumps, utc_iso
+from engine.wire import dumps
 
 log = logging.getLogger("sir.batches")
 
@@ -63,32 +63,6 @@ _TRANSIENT_DB = {
 
 
 # -- the stored form of an action -----------------------------------------------------------------
-
-
-def request_payload(request: ActionRequest) -> dict[str, Any]:
-    """The parsed action as JSON for `action_batch_items.payload` (wire field names; the
-    amount as an exact decimal string; `request_from_payload` gives the same fingerprint)."""
-    return {
-        "idempotencyKey": request.idempotency_key,
-        "actionType": request.action_type,
-        "amount": format(request.amount, "f"),
-        "currency": request.currency,
-        "campaignId": request.campaign_id,
-        "autoCreateUsers": request.auto_create_users,
-        "occurredAt": utc_iso(request.occurred_at) if request.occurred_at else None,
-        "metadata": request.metadata,
-        "stakeholders": [
-            {
-                "stakeholderTypeCode": s.stakeholder_type,
-                "partnerUserId": s.partner_user_id,
-                "organizationSlug": s.organization_slug,
-                "userEmail": s.email,
-                "userFirstName": s.first_name,
-                "userLastName": s.last_name,
-            }
-            for s in request.stakeholders
-        ],
-    }
 
 
 def request_from_payload(payload: dict[str, Any]) -> ActionRequest:
@@ -194,7 +168,7 @@ async def create_batch(
                     "batch_id": batch_id,
                     "index": position,
                     "idempotency_key": request.idempotency_key,
-                    "payload": request_payload(request),
+                    "payload": to_wire(request),
                 }
                 for position, request in zip(positions, items, strict=True)
             ],

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from engine import batches
-from engine.action_request import ActionRequest, StakeholderRequest
+from engine.action_request import ActionRequest, StakeholderRequest, to_wire
 from engine.errors import NotFound
 from engine.money import Tokens
 from engine.pools import pool_balance
@@ -22,6 +22,7 @@ from engine.scope import Scope
 from engine.submit import submit_action
 from engine.tables import action_batch_items, actions, outbox_events
 from engine.verify import verify_ledger
+from engine.wire import dumps, loads
 
 T = Tokens.parse
 
@@ -72,7 +73,7 @@ def test_stored_form_keeps_the_fingerprint():
         campaign_id=None,
         auto_create_users=False,
     )
-    again = batches.request_from_payload(batches.request_payload(request))
+    again = batches.request_from_payload(loads(dumps(to_wire(request))))
     assert again.fingerprint == request.fingerprint
     assert again == request
 
