@@ -6,17 +6,54 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine import actions
+from engine.errors import (
+    AlreadyReversed,
+    CampaignBudgetExhausted,
+    CampaignNotApplicable,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    Idempotent,
+    InsufficientPool,
+    NoActivePool,
+    NotFound,
+    ReversalExceedsAction,
+    UnknownActionType,
+    UnknownOrganization,
+    UnknownStakeholderType,
+    UnknownUser,
+)
 from engine.reversals import reverse_action
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response, read_model
 from http_front.keys import DB, GROUP_COMMIT
+from http_front.openapi import FROM, PAGE, TO, Query, documented
 from http_front.params import time_range
 from http_front.principal import principal
 from schemas.actions import ReverseAction, SubmitAction
+from schemas.responses import ActionList, ActionOut, ReversalResult, SubmitResult
 
 BASE = "/v1/partner/actions"
 
 
+@documented(
+    "Submit an action",
+    auth="secret",
+    request=SubmitAction,
+    responses={200: SubmitResult},
+    errors=[
+        Idempotent,
+        IdempotencyKeyReused,
+        IdempotencyInProgress,
+        UnknownActionType,
+        UnknownStakeholderType,
+        UnknownUser,
+        UnknownOrganization,
+        CampaignNotApplicable,
+        CampaignBudgetExhausted,
+        InsufficientPool,
+        NoActivePool,
+    ],
+)
 @secret_key_required
 async def submit(request: web.Request) -> web.Response:
     body = await read_model(request, SubmitAction)
@@ -25,6 +62,18 @@ async def submit(request: web.Request) -> web.Response:
     return json_response(result)
 
 
+@documented(
+    "List actions",
+    auth="secret",
+    responses={200: ActionList},
+    query=[
+        *PAGE,
+        Query("actionType", "Only this action type"),
+        Query("status", "Only this status", enum=("COMPLETED", "PARTIALLY_REVERSED", "REVERSED")),
+        FROM,
+        TO,
+    ],
+)
 @secret_key_required
 async def list_actions(request: web.Request) -> web.Response:
     created_from, created_to = time_range(request)
@@ -42,6 +91,7 @@ async def list_actions(request: web.Request) -> web.Response:
     return json_response({"data": data, "nextCursor": cursor})
 
 
+@documented("Get an action", auth="secret", responses={200: ActionOut}, errors=[NotFound])
 @secret_key_required
 async def get_action(request: web.Request) -> web.Response:
     async with request.app[DB].connect() as conn:
@@ -51,6 +101,13 @@ async def get_action(request: web.Request) -> web.Response:
     return json_response(body)
 
 
+@documented(
+    "Reverse an action",
+    auth="secret",
+    request=ReverseAction,
+    responses={200: ReversalResult},
+    errors=[NotFound, Idempotent, IdempotencyKeyReused, AlreadyReversed, ReversalExceedsAction],
+)
 @secret_key_required
 async def reverse(request: web.Request) -> web.Response:
     body = await read_model(request, ReverseAction)

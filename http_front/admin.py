@@ -10,14 +10,40 @@ from aiohttp import web
 
 from engine import audit, credentials, organizations, partners, pools, portal, topups
 from engine import webhooks as webhook_engine
-from engine.errors import ValidationFailed
+from engine.errors import (
+    AlreadyDecided,
+    EmailTaken,
+    InvalidStatusTransition,
+    KeyNotUsable,
+    NotFound,
+    ValidationFailed,
+)
 from engine.pagination import read_page
 from engine.scope import Scope
 from http_front.auth_operator import OPERATOR, operator_required
 from http_front.auth_partner import keyring
 from http_front.body import json_response, read_model
 from http_front.keys import DB, SECRET_BOX, SETTINGS
+from http_front.openapi import ENVIRONMENT, PAGE, SLUG_TAKEN, Query, documented
 from schemas import admin as wire
+from schemas.responses import (
+    AllocationOut,
+    AuditList,
+    IssuedKeyOut,
+    KeyList,
+    KeyOut,
+    OperatorTopupRequestList,
+    OperatorTopupRequestOut,
+    OperatorWebhookEndpointOut,
+    OrganizationList,
+    OrganizationOut,
+    PartnerList,
+    PartnerOut,
+    PoolOut,
+    PortalUserOut,
+    ReserveOut,
+    RotatedKeyOut,
+)
 from schemas.webhooks import OperatorEndpointCreate
 
 PREFIX = "/api/v1/admin"
@@ -33,6 +59,13 @@ def _query(request: web.Request, name: str, allowed: tuple[str, ...] | None = No
 # -- partners -----------------------------------------------------------------------------------
 
 
+@documented(
+    "Create a partner",
+    auth="operator",
+    request=wire.PartnerCreate,
+    responses={201: PartnerOut},
+    errors=[SLUG_TAKEN],
+)
 @operator_required
 async def create_partner(request: web.Request) -> web.Response:
     body = await read_model(request, wire.PartnerCreate)
@@ -41,6 +74,12 @@ async def create_partner(request: web.Request) -> web.Response:
     return json_response(wire.partner_json(row), status=201)
 
 
+@documented(
+    "List partners",
+    auth="operator",
+    responses={200: PartnerList},
+    query=[*PAGE, Query("status", "Only this status", enum=partners.STATUSES)],
+)
 @operator_required
 async def list_partners(request: web.Request) -> web.Response:
     status = _query(request, "status", partners.STATUSES)
@@ -50,6 +89,7 @@ async def list_partners(request: web.Request) -> web.Response:
     return json_response(wire.page_json([wire.partner_json(r) for r in rows], cursor))
 
 
+@documented("Get a partner", auth="operator", responses={200: PartnerOut}, errors=[NotFound])
 @operator_required
 async def get_partner(request: web.Request) -> web.Response:
     async with request.app[DB].connect() as conn:
@@ -57,6 +97,13 @@ async def get_partner(request: web.Request) -> web.Response:
     return json_response(wire.partner_json(row))
 
 
+@documented(
+    "Update a partner",
+    auth="operator",
+    request=wire.PartnerPatch,
+    responses={200: PartnerOut},
+    errors=[NotFound, InvalidStatusTransition],
+)
 @operator_required
 async def patch_partner(request: web.Request) -> web.Response:
     body = await read_model(request, wire.PartnerPatch)
@@ -76,6 +123,13 @@ async def patch_partner(request: web.Request) -> web.Response:
 # -- keys ---------------------------------------------------------------------------------------
 
 
+@documented(
+    "Issue a key pair for a partner",
+    auth="operator",
+    request=wire.KeyCreate,
+    responses={201: IssuedKeyOut},
+    errors=[NotFound],
+)
 @operator_required
 async def create_keys(request: web.Request) -> web.Response:
     body = await read_model(request, wire.KeyCreate)
@@ -93,6 +147,13 @@ async def create_keys(request: web.Request) -> web.Response:
     return json_response(wire.issued_json(issued), status=201)
 
 
+@documented(
+    "List a partner's keys",
+    auth="operator",
+    responses={200: KeyList},
+    errors=[NotFound],
+    query=[*PAGE, ENVIRONMENT],
+)
 @operator_required
 async def list_keys(request: web.Request) -> web.Response:
     partner_id = request.match_info["partner_id"]
@@ -106,6 +167,12 @@ async def list_keys(request: web.Request) -> web.Response:
     return json_response(wire.page_json([wire.key_json(r) for r in rows], cursor))
 
 
+@documented(
+    "Rotate a key pair",
+    auth="operator",
+    responses={201: RotatedKeyOut},
+    errors=[NotFound, KeyNotUsable],
+)
 @operator_required
 async def rotate_keys(request: web.Request) -> web.Response:
     async with request.app[DB].begin() as conn:
@@ -121,6 +188,7 @@ async def rotate_keys(request: web.Request) -> web.Response:
     )
 
 
+@documented("Revoke a key", auth="operator", responses={200: KeyOut}, errors=[NotFound])
 @operator_required
 async def revoke_key(request: web.Request) -> web.Response:
     async with request.app[DB].begin() as conn:
@@ -137,6 +205,13 @@ async def revoke_key(request: web.Request) -> web.Response:
 # -- token pools and reserves -------------------------------------------------------------------
 
 
+@documented(
+    "Create a token pool",
+    auth="operator",
+    request=wire.PoolCreate,
+    responses={201: PoolOut},
+    errors=[NotFound],
+)
 @operator_required
 async def create_pool(request: web.Request) -> web.Response:
     body = await read_model(request, wire.PoolCreate)
@@ -180,6 +255,13 @@ async def create_pool(request: web.Request) -> web.Response:
     return json_response(wire.pool_json(view), status=201)
 
 
+@documented(
+    "Allocate tokens to a pool",
+    auth="operator",
+    request=wire.Allocation,
+    responses={201: AllocationOut},
+    errors=[NotFound],
+)
 @operator_required
 async def allocate(request: web.Request) -> web.Response:
     body = await read_model(request, wire.Allocation)
@@ -207,6 +289,13 @@ async def allocate(request: web.Request) -> web.Response:
     )
 
 
+@documented(
+    "Fund a partner's refill reserve",
+    auth="operator",
+    request=wire.ReserveFunding,
+    responses={201: ReserveOut},
+    errors=[NotFound],
+)
 @operator_required
 async def fund_reserve(request: web.Request) -> web.Response:
     body = await read_model(request, wire.ReserveFunding)
@@ -234,6 +323,13 @@ async def fund_reserve(request: web.Request) -> web.Response:
 # -- top-up requests ------------------------------------------------------------------------------
 
 
+@documented(
+    "List a partner's top-up requests",
+    auth="operator",
+    responses={200: OperatorTopupRequestList},
+    errors=[NotFound],
+    query=[*PAGE, Query("status", "Only this status", enum=topups.STATUSES), ENVIRONMENT],
+)
 @operator_required
 async def list_requests(request: web.Request) -> web.Response:
     partner_id = request.match_info["partner_id"]
@@ -252,6 +348,13 @@ async def list_requests(request: web.Request) -> web.Response:
     return json_response(wire.page_json([wire.request_json(r) for r in rows], cursor))
 
 
+@documented(
+    "Approve a top-up request",
+    auth="operator",
+    request=wire.Decision,
+    responses={200: OperatorTopupRequestOut},
+    errors=[NotFound, AlreadyDecided],
+)
 @operator_required
 async def approve_request(request: web.Request) -> web.Response:
     body = await read_model(request, wire.Decision)
@@ -265,6 +368,13 @@ async def approve_request(request: web.Request) -> web.Response:
     return json_response(wire.request_json(row))
 
 
+@documented(
+    "Reject a top-up request",
+    auth="operator",
+    request=wire.Decision,
+    responses={200: OperatorTopupRequestOut},
+    errors=[NotFound, AlreadyDecided],
+)
 @operator_required
 async def reject_request(request: web.Request) -> web.Response:
     body = await read_model(request, wire.Decision)
@@ -281,6 +391,13 @@ async def reject_request(request: web.Request) -> web.Response:
 # -- portal users and the audit log ---------------------------------------------------------------
 
 
+@documented(
+    "Create a portal user",
+    auth="operator",
+    request=wire.PortalUserCreate,
+    responses={201: PortalUserOut},
+    errors=[EmailTaken],
+)
 @operator_required
 async def create_portal_user(request: web.Request) -> web.Response:
     body = await read_model(request, wire.PortalUserCreate)
@@ -295,6 +412,17 @@ async def create_portal_user(request: web.Request) -> web.Response:
     return json_response(wire.portal_user_json(row), status=201)
 
 
+@documented(
+    "Read the audit log",
+    auth="operator",
+    responses={200: AuditList},
+    query=[
+        *PAGE,
+        Query("action", "Only this action"),
+        Query("targetType", "Only this target type"),
+        Query("targetId", "Only this target"),
+    ],
+)
 @operator_required
 async def audit_log(request: web.Request) -> web.Response:
     filters = {
@@ -317,6 +445,13 @@ async def audit_log(request: web.Request) -> web.Response:
 # -- organizations (the nonprofit directory) ----------------------------------------------------------
 
 
+@documented(
+    "Add an organization to the directory",
+    auth="operator",
+    request=wire.OrganizationCreate,
+    responses={201: OrganizationOut},
+    errors=[SLUG_TAKEN],
+)
 @operator_required
 async def create_organization(request: web.Request) -> web.Response:
     body = await read_model(request, wire.OrganizationCreate)
@@ -327,6 +462,16 @@ async def create_organization(request: web.Request) -> web.Response:
     return json_response(wire.organization_json(row), status=201)
 
 
+@documented(
+    "List organizations",
+    auth="operator",
+    responses={200: OrganizationList},
+    query=[
+        *PAGE,
+        Query("status", "Only this status", enum=organizations.STATUSES),
+        Query("q", "Name or slug contains (case-insensitive)"),
+    ],
+)
 @operator_required
 async def list_organizations(request: web.Request) -> web.Response:
     status = _query(request, "status", organizations.STATUSES)
@@ -339,6 +484,13 @@ async def list_organizations(request: web.Request) -> web.Response:
     return json_response(wire.page_json([wire.organization_json(r) for r in rows], cursor))
 
 
+@documented(
+    "Update an organization",
+    auth="operator",
+    request=wire.OrganizationPatch,
+    responses={200: OrganizationOut},
+    errors=[NotFound],
+)
 @operator_required
 async def patch_organization(request: web.Request) -> web.Response:
     body = await read_model(request, wire.OrganizationPatch)
@@ -352,6 +504,13 @@ async def patch_organization(request: web.Request) -> web.Response:
 # -- webhooks -------------------------------------------------------------------------------------
 
 
+@documented(
+    "Register a webhook endpoint for a partner",
+    auth="operator",
+    request=OperatorEndpointCreate,
+    responses={201: OperatorWebhookEndpointOut},
+    errors=[NotFound],
+)
 @operator_required
 async def create_webhook(request: web.Request) -> web.Response:
     """Register a webhook endpoint for a partner (contract 6); the secret is shown once."""

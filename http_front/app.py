@@ -19,6 +19,7 @@ from http_front import (
     batches,
     campaigns,
     health,
+    openapi,
     pools,
     portal,
     transactions,
@@ -99,6 +100,7 @@ def create_app(settings: Settings) -> web.Application:
         pools,
         transactions,
         webhooks,
+        openapi,
     ):
         module.add_routes(app)
     return app

@@ -16,15 +16,17 @@ from aiohttp import web
 
 from engine import batches
 from engine.action_request import ActionRequest
-from engine.errors import ValidationFailed
+from engine.errors import NotFound, ValidationFailed
 from engine.wire import loads
 from http_front.auth_partner import secret_key_required
 from http_front.body import MalformedJson, UnsupportedMediaType, json_response
 from http_front.keys import DB, DISPATCH
 from http_front.middlewares import Handler
+from http_front.openapi import documented
 from http_front.principal import principal
-from schemas.actions import SubmitAction
+from schemas.actions import BatchSubmit, SubmitAction
 from schemas.base import parse
+from schemas.responses import BatchAccepted, BatchOut
 
 BASE = "/v1/partner/actions"
 BATCH_MAX_BODY = 8 * 1024 * 1024  # contract section 4: 8 MiB on /actions/batch, 1 MiB elsewhere
@@ -125,6 +127,9 @@ def _validate(items: list[Any]) -> tuple[list[int], list[ActionRequest], list[di
     )
 
 
+@documented(
+    "Submit up to 1,000 actions", auth="secret", request=BatchSubmit, responses={202: BatchAccepted}
+)
 @larger_body(BATCH_MAX_BODY)
 @secret_key_required
 async def submit_batch(request: web.Request) -> web.Response:
@@ -142,6 +147,12 @@ async def submit_batch(request: web.Request) -> web.Response:
     )
 
 
+@documented(
+    "Get a batch and its per-item results",
+    auth="secret",
+    responses={200: BatchOut},
+    errors=[NotFound],
+)
 @secret_key_required
 async def get_batch(request: web.Request) -> web.Response:
     async with request.app[DB].connect() as conn:

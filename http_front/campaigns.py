@@ -11,16 +11,26 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from engine import campaigns
+from engine.errors import InvalidStatusTransition, NotFound
 from engine.pagination import read_page
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response, read_model
 from http_front.keys import DB
+from http_front.openapi import PAGE, Query, documented
 from http_front.principal import principal
 from schemas.campaigns import CampaignCreate, CampaignPatch, SimulateRequest
+from schemas.responses import CampaignList, CampaignOut, SimulationOut
 
 BASE = "/v1/partner/campaigns"
 
 
+@documented(
+    "Create a campaign",
+    auth="secret",
+    request=CampaignCreate,
+    responses={201: CampaignOut},
+    errors=[InvalidStatusTransition],
+)
 @secret_key_required
 async def create_campaign(request: web.Request) -> web.Response:
     body = await read_model(request, CampaignCreate)
@@ -29,6 +39,12 @@ async def create_campaign(request: web.Request) -> web.Response:
     return json_response(campaigns.campaign_json(row), status=201)
 
 
+@documented(
+    "List campaigns",
+    auth="secret",
+    responses={200: CampaignList},
+    query=[*PAGE, Query("status", "Only this status", enum=("DRAFT", "ACTIVE", "PAUSED", "ENDED"))],
+)
 @secret_key_required
 async def list_campaigns(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
@@ -40,6 +56,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
     return json_response({"data": [campaigns.campaign_json(r) for r in rows], "nextCursor": cursor})
 
 
+@documented("Get a campaign", auth="secret", responses={200: CampaignOut}, errors=[NotFound])
 @secret_key_required
 async def get_campaign(request: web.Request) -> web.Response:
     async with request.app[DB].connect() as conn:
@@ -49,6 +66,13 @@ async def get_campaign(request: web.Request) -> web.Response:
     return json_response(campaigns.campaign_json(row))
 
 
+@documented(
+    "Update a campaign",
+    auth="secret",
+    request=CampaignPatch,
+    responses={200: CampaignOut},
+    errors=[NotFound, InvalidStatusTransition],
+)
 @secret_key_required
 async def patch_campaign(request: web.Request) -> web.Response:
     body = await read_model(request, CampaignPatch)
@@ -59,6 +83,13 @@ async def patch_campaign(request: web.Request) -> web.Response:
     return json_response(campaigns.campaign_json(row))
 
 
+@documented(
+    "Simulate an action under a campaign",
+    auth="secret",
+    request=SimulateRequest,
+    responses={200: SimulationOut},
+    errors=[NotFound],
+)
 @secret_key_required
 async def simulate(request: web.Request) -> web.Response:
     body = await read_model(request, SimulateRequest)

@@ -9,11 +9,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from http_front.keys import DB, REDIS
+from http_front.openapi import documented
+from schemas.responses import HealthOut, ReadinessOut
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/healthz")
+@documented("Liveness", auth="none", responses={200: HealthOut})
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -27,6 +30,11 @@ async def _check(name: str, probe) -> tuple[str, str]:  # type: ignore[no-untype
 
 
 @routes.get("/readyz")
+@documented(
+    "Readiness: PostgreSQL and Redis reachable",
+    auth="none",
+    responses={200: ReadinessOut, 503: ReadinessOut},
+)
 async def readyz(request: web.Request) -> web.Response:
     async def database() -> None:
         async with request.app[DB].connect() as conn:
@@ -46,6 +54,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @routes.get("/metrics")
+@documented("Prometheus metrics", auth="none", responses={200: "text/plain"})
 async def metrics(request: web.Request) -> web.Response:
     response = web.Response(body=generate_latest())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST

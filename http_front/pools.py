@@ -9,16 +9,25 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine import pools, topups
+from engine.errors import NotFound
 from engine.pagination import read_page
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response, read_model
 from http_front.keys import DB
+from http_front.openapi import PAGE, Query, documented
 from http_front.principal import principal
 from schemas.pools import TopupRequest, pool_json, topup_request_json
+from schemas.responses import PoolList, PoolOut, TopupRequestOut
 
 BASE = "/v1/partner/token-pools"
 
 
+@documented(
+    "List token pools",
+    auth="secret",
+    responses={200: PoolList},
+    query=[*PAGE, Query("status", "Only this status", enum=("ACTIVE", "EXHAUSTED", "CLOSED"))],
+)
 @secret_key_required
 async def list_pools(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
@@ -33,6 +42,7 @@ async def list_pools(request: web.Request) -> web.Response:
     return json_response({"data": [pool_json(v) for v in views], "nextCursor": cursor})
 
 
+@documented("Get a token pool", auth="secret", responses={200: PoolOut}, errors=[NotFound])
 @secret_key_required
 async def get_pool(request: web.Request) -> web.Response:
     async with request.app[DB].connect() as conn:
@@ -44,6 +54,13 @@ async def get_pool(request: web.Request) -> web.Response:
     return json_response(pool_json(view))
 
 
+@documented(
+    "Ask for a top-up",
+    auth="secret",
+    request=TopupRequest,
+    responses={201: TopupRequestOut},
+    errors=[NotFound],
+)
 @secret_key_required
 async def request_topup(request: web.Request) -> web.Response:
     body = await read_model(request, TopupRequest)

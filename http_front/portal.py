@@ -13,15 +13,27 @@ from typing import Any
 from aiohttp import web
 
 from engine import credentials, partners, portal
-from engine.errors import NotFound, RateLimited, ValidationFailed
+from engine.errors import (
+    InvalidCredentials,
+    InvalidToken,
+    KeyNotUsable,
+    NotFound,
+    PartnerInactive,
+    PartnerNotApproved,
+    RateLimited,
+    TokenExpired,
+    ValidationFailed,
+)
 from engine.pagination import read_page
 from http_front.auth_partner import client_ip, keyring
 from http_front.auth_portal import portal_required, portal_user, signer
 from http_front.body import json_response, read_model
 from http_front.keys import DB, REDIS, SECRET_BOX
+from http_front.openapi import ENVIRONMENT, PAGE, documented
 from http_front.ratelimit import MINUTE, consume
 from schemas import admin as admin_wire
 from schemas import portal as wire
+from schemas.responses import IssuedKeyOut, KeyList, KeyOut, MeOut, PartnerInfoOut, SessionOut
 
 PREFIX = "/v1/partner"
 LOGIN_LIMITS = [(5, MINUTE)]
@@ -57,6 +69,13 @@ async def _session(request: web.Request, user: dict[str, Any]) -> web.Response:
 # -- authentication -------------------------------------------------------------------------------
 
 
+@documented(
+    "Log in to the portal",
+    auth="none",
+    request=wire.Login,
+    responses={200: SessionOut},
+    errors=[InvalidCredentials, RateLimited],
+)
 async def login(request: web.Request) -> web.Response:
     body = await read_model(request, wire.Login)
     await _limit_login(request, body.email)
@@ -65,6 +84,13 @@ async def login(request: web.Request) -> web.Response:
     return await _session(request, user)
 
 
+@documented(
+    "Refresh a portal session",
+    auth="none",
+    request=wire.Refresh,
+    responses={200: SessionOut},
+    errors=[InvalidToken, TokenExpired],
+)
 async def refresh(request: web.Request) -> web.Response:
     body = await read_model(request, wire.Refresh)
     async with request.app[DB].connect() as conn:
@@ -72,6 +98,7 @@ async def refresh(request: web.Request) -> web.Response:
     return await _session(request, user)
 
 
+@documented("The portal user", auth="portal", responses={200: MeOut})
 @portal_required
 async def me(request: web.Request) -> web.Response:
     user = portal_user(request)
@@ -93,6 +120,13 @@ def _partner_id(request: web.Request) -> str:
     return str(partner_id)
 
 
+@documented(
+    "Issue a key pair (self-service)",
+    auth="portal",
+    request=wire.SelfServiceKeyCreate,
+    responses={201: IssuedKeyOut},
+    errors=[PartnerNotApproved, PartnerInactive],
+)
 @portal_required
 async def create_key(request: web.Request) -> web.Response:
     body = await read_model(request, wire.SelfServiceKeyCreate)
@@ -107,6 +141,9 @@ async def create_key(request: web.Request) -> web.Response:
     return json_response(admin_wire.issued_json(issued), status=201)
 
 
+@documented(
+    "List the partner's keys", auth="portal", responses={200: KeyList}, query=[*PAGE, ENVIRONMENT]
+)
 @portal_required
 async def list_keys(request: web.Request) -> web.Response:
     environment = request.query.get("environment") or None
@@ -123,6 +160,12 @@ async def list_keys(request: web.Request) -> web.Response:
     return json_response(admin_wire.page_json([admin_wire.key_json(r) for r in rows], cursor))
 
 
+@documented(
+    "The partner of the portal user",
+    auth="portal",
+    responses={200: PartnerInfoOut},
+    errors=[NotFound],
+)
 @portal_required
 async def partner_info(request: web.Request) -> web.Response:
     async with request.app[DB].connect() as conn:
@@ -130,6 +173,7 @@ async def partner_info(request: web.Request) -> web.Response:
     return json_response(admin_wire.partner_info_json(partner))
 
 
+@documented("Get a key", auth="portal", responses={200: KeyOut}, errors=[NotFound])
 @portal_required
 async def get_key(request: web.Request) -> web.Response:
     async with request.app[DB].connect() as conn:
@@ -137,6 +181,13 @@ async def get_key(request: web.Request) -> web.Response:
     return json_response(admin_wire.key_json(row))
 
 
+@documented(
+    "Update a key",
+    auth="portal",
+    request=wire.KeyPatch,
+    responses={200: KeyOut},
+    errors=[NotFound, KeyNotUsable],
+)
 @portal_required
 async def patch_key(request: web.Request) -> web.Response:
     body = await read_model(request, wire.KeyPatch)
@@ -152,6 +203,7 @@ async def patch_key(request: web.Request) -> web.Response:
     return json_response(admin_wire.key_json(row))
 
 
+@documented("Revoke a key", auth="portal", responses={200: KeyOut}, errors=[NotFound])
 @portal_required
 async def revoke_key(request: web.Request) -> web.Response:
     async with request.app[DB].begin() as conn:

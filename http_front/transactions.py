@@ -12,10 +12,13 @@ from aiohttp import web
 
 from engine import transactions
 from engine.errors import ValidationFailed
+from engine.tables import POSTING_TYPES
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response
 from http_front.keys import DB
+from http_front.openapi import FROM, PAGE, TO, Query, documented
 from http_front.principal import principal
+from schemas.responses import LedgerLineList
 
 PATH = "/v1/partner/transactions"
 
@@ -43,6 +46,19 @@ def _filters(request: web.Request) -> transactions.Filters:
     return filters
 
 
+@documented(
+    "List ledger lines",
+    auth="secret",
+    responses={200: LedgerLineList},
+    query=[
+        *PAGE,
+        Query("type", "Only this line type", enum=POSTING_TYPES),
+        Query("externalUserId", "Only this user's lines"),
+        Query("actionId", "Only this action's lines"),
+        FROM,
+        TO,
+    ],
+)
 @secret_key_required
 async def list_transactions(request: web.Request) -> web.Response:
     filters = _filters(request)

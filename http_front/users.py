@@ -11,12 +11,14 @@ from typing import Any
 from aiohttp import web
 
 from engine import users
+from engine.errors import NotFound
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response, read_model
 from http_front.keys import DB
+from http_front.openapi import FROM, PAGE, TO, Query, documented
 from http_front.params import time_range
 from http_front.principal import principal
-from schemas.users import UpdateUser, UpsertUser
+from schemas.users import BalanceOut, TransactionList, UpdateUser, UpsertUser, UserList, UserOut
 
 BASE = "/v1/partner/users"
 
@@ -80,6 +82,12 @@ def _external_id(request: web.Request) -> str:
 # -- handlers ----------------------------------------------------------------------------------------------
 
 
+@documented(
+    "List users",
+    auth="secret",
+    responses={200: UserList},
+    query=[*PAGE, Query("email", "Only users with this email (case-insensitive)"), FROM, TO],
+)
 @secret_key_required
 async def list_users(request: web.Request) -> web.Response:
     created_from, created_to = time_range(request)
@@ -106,6 +114,12 @@ def _changes(model: UpsertUser | UpdateUser) -> dict[str, Any]:
     }
 
 
+@documented(
+    "Create or update a user",
+    auth="secret",
+    request=UpsertUser,
+    responses={200: UserOut, 201: UserOut},
+)
 @secret_key_required
 async def upsert_user(request: web.Request) -> web.Response:
     body = await read_model(request, UpsertUser)
@@ -116,6 +130,7 @@ async def upsert_user(request: web.Request) -> web.Response:
     return json_response(user_view(user), status=201 if created else 200)
 
 
+@documented("Get a user", auth="secret", responses={200: UserOut}, errors=[NotFound])
 @secret_key_required
 async def get_user(request: web.Request) -> web.Response:
     async with request.app[DB].connect() as conn:
@@ -123,6 +138,9 @@ async def get_user(request: web.Request) -> web.Response:
     return json_response(user_view(user))
 
 
+@documented(
+    "Update a user", auth="secret", request=UpdateUser, responses={200: UserOut}, errors=[NotFound]
+)
 @secret_key_required
 async def update_user(request: web.Request) -> web.Response:
     body = await read_model(request, UpdateUser)
@@ -133,6 +151,7 @@ async def update_user(request: web.Request) -> web.Response:
     return json_response(user_view(user))
 
 
+@documented("Get a user's balance", auth="secret", responses={200: BalanceOut}, errors=[NotFound])
 @secret_key_required
 async def get_balance(request: web.Request) -> web.Response:
     async with request.app[DB].connect() as conn:
@@ -145,6 +164,13 @@ async def get_balance(request: web.Request) -> web.Response:
     return json_response(balance_view(balance))
 
 
+@documented(
+    "List a user's wallet transactions",
+    auth="secret",
+    responses={200: TransactionList},
+    errors=[NotFound],
+    query=[*PAGE, Query("type", "Only this posting type"), FROM, TO],
+)
 @secret_key_required
 async def list_transactions(request: web.Request) -> web.Response:
     created_from, created_to = time_range(request)

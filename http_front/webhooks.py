@@ -13,17 +13,33 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from engine import webhooks
+from engine.errors import NotFound, WebhookEndpointInactive
 from engine.pagination import read_page
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response, read_model
 from http_front.keys import DB, DISPATCH, SECRET_BOX, SETTINGS
+from http_front.openapi import PAGE, Query, documented
 from http_front.principal import principal
+from schemas.responses import (
+    DeletedOut,
+    DeliveryList,
+    DeliveryOut,
+    WebhookEndpointList,
+    WebhookEndpointOut,
+    WebhookEndpointWithSecret,
+)
 from schemas.webhooks import EndpointCreate, EndpointPatch
 
 BASE = "/v1/partner/webhooks"
 DELIVERIES = "/v1/partner/webhook-deliveries"
 
 
+@documented(
+    "Register a webhook endpoint",
+    auth="secret",
+    request=EndpointCreate,
+    responses={201: WebhookEndpointWithSecret},
+)
 @secret_key_required
 async def create_endpoint(request: web.Request) -> web.Response:
     body = await read_model(request, EndpointCreate)
@@ -39,6 +55,9 @@ async def create_endpoint(request: web.Request) -> web.Response:
     return json_response({**webhooks.endpoint_json(row, box), "secret": secret}, status=201)
 
 
+@documented(
+    "List webhook endpoints", auth="secret", responses={200: WebhookEndpointList}, query=PAGE
+)
 @secret_key_required
 async def list_endpoints(request: web.Request) -> web.Response:
     page = read_page(request.query.get("limit"), request.query.get("cursor"), {})
@@ -50,6 +69,9 @@ async def list_endpoints(request: web.Request) -> web.Response:
     )
 
 
+@documented(
+    "Get a webhook endpoint", auth="secret", responses={200: WebhookEndpointOut}, errors=[NotFound]
+)
 @secret_key_required
 async def get_endpoint(request: web.Request) -> web.Response:
     async with request.app[DB].connect() as conn:
@@ -59,6 +81,13 @@ async def get_endpoint(request: web.Request) -> web.Response:
     return json_response(webhooks.endpoint_json(row, request.app[SECRET_BOX]))
 
 
+@documented(
+    "Update a webhook endpoint",
+    auth="secret",
+    request=EndpointPatch,
+    responses={200: WebhookEndpointOut},
+    errors=[NotFound],
+)
 @secret_key_required
 async def patch_endpoint(request: web.Request) -> web.Response:
     body = await read_model(request, EndpointPatch)
@@ -75,6 +104,9 @@ async def patch_endpoint(request: web.Request) -> web.Response:
     return json_response(webhooks.endpoint_json(row, box))
 
 
+@documented(
+    "Delete a webhook endpoint", auth="secret", responses={200: DeletedOut}, errors=[NotFound]
+)
 @secret_key_required
 async def delete_endpoint(request: web.Request) -> web.Response:
     endpoint_id = request.match_info["endpoint_id"]
@@ -83,6 +115,12 @@ async def delete_endpoint(request: web.Request) -> web.Response:
     return json_response({"id": endpoint_id, "deleted": True})
 
 
+@documented(
+    "Rotate a webhook secret",
+    auth="secret",
+    responses={200: WebhookEndpointWithSecret},
+    errors=[NotFound],
+)
 @secret_key_required
 async def rotate_secret(request: web.Request) -> web.Response:
     box = request.app[SECRET_BOX]
@@ -93,6 +131,12 @@ async def rotate_secret(request: web.Request) -> web.Response:
     return json_response({**webhooks.endpoint_json(row, box), "secret": secret})
 
 
+@documented(
+    "Send a webhook.test event",
+    auth="secret",
+    responses={202: DeliveryOut},
+    errors=[NotFound, WebhookEndpointInactive],
+)
 @secret_key_required
 async def send_test(request: web.Request) -> web.Response:
     async with request.app[DB].begin() as conn:
@@ -103,6 +147,13 @@ async def send_test(request: web.Request) -> web.Response:
     return json_response(webhooks.delivery_json(delivery), status=202)
 
 
+@documented(
+    "List an endpoint's deliveries",
+    auth="secret",
+    responses={200: DeliveryList},
+    errors=[NotFound],
+    query=[*PAGE, Query("status", "Only this status", enum=("PENDING", "SUCCEEDED", "FAILED"))],
+)
 @secret_key_required
 async def list_deliveries(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
@@ -114,6 +165,12 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return json_response({"data": [webhooks.delivery_json(r) for r in rows], "nextCursor": cursor})
 
 
+@documented(
+    "Replay a delivery",
+    auth="secret",
+    responses={202: DeliveryOut},
+    errors=[NotFound, WebhookEndpointInactive],
+)
 @secret_key_required
 async def retry_delivery(request: web.Request) -> web.Response:
     async with request.app[DB].begin() as conn:

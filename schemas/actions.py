@@ -166,3 +166,15 @@ class ReverseAction(WireModel):
         return ReversalRequest(
             idempotency_key=self.idempotency_key, reason=self.reason, amount=self.amount
         )
+
+
+class BatchSubmit(WireModel):
+    """`POST /v1/partner/actions/batch`, for the OpenAPI document: the handler validates the
+    envelope itself and each item as a submit body, so one bad item does not refuse the rest."""
+
+    actions: list[SubmitAction] = Field(
+        min_length=1,
+        max_length=1000,
+        description="1 to 1,000 submit bodies; each is validated on its own, and an invalid "
+        "item is rejected by index (in `rejected`) while the others are accepted",
+    )
