@@ -25,6 +25,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -106,8 +107,17 @@ async def run_load(
     seconds: float,
     clients: int,
     seed: int = 1,
+    rate: float | None = None,
 ) -> Load:
-    """`clients` tasks call `one` back to back until `seconds` pass (or the count cap)."""
+    """`clients` tasks call `one` back to back until `seconds` pass (or the count cap).
+
+    With `rate`, the load is open-loop instead: `rate * seconds` calls are started on a fixed
+    schedule whatever the answers, each latency counted from its scheduled start (so a backlog
+    shows as latency, as with `pgbench -R`); `clients` then only bounds what the caller's own
+    connection limit allows in flight. Every started call is awaited: `one` must be bounded.
+    """
+    if rate is not None:
+        return await _open_loop(one, seconds=seconds, rate=rate, seed=seed)
     load = Load()
     cap = int(MAX_PER_SECOND * seconds) + clients
     issued = itertools.count()
@@ -127,6 +137,34 @@ async def run_load(
     return load
 
 
+async def _open_loop(
+    one: Callable[[random.Random], Awaitable[str]], *, seconds: float, rate: float, seed: int
+) -> Load:
+    load = Load()
+    total = min(int(rate * seconds), int(MAX_PER_SECOND * seconds))
+    rng = random.Random(seed)  # one stream: calls start in schedule order on one event loop
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def timed(scheduled: float) -> None:
+        label = await one(rng)
+        load.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
+        load.outcomes[label] += 1
+
+    started = time.perf_counter()
+    for n in range(total):
+        scheduled = started + n / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:  # behind schedule: start at once, the lateness is counted as latency
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(timed(scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+    load.elapsed = time.perf_counter() - started  # to the last answer, backlog included
+    return load
+
+
 # -- the bench partner ----------------------------------------------------------------------------
 
 
@@ -139,9 +177,14 @@ class BenchPartner:
 
 
 async def create_bench_partner(
-    db: AsyncEngine, box: SecretBox, *, funding: Tokens = FUNDING
+    db: AsyncEngine,
+    box: SecretBox,
+    *,
+    funding: Tokens = FUNDING,
+    stakeholder_types: Sequence[str] = ("CUSTOMER",),
 ) -> BenchPartner:
-    """An ACTIVE partner (PURCHASE, CUSTOMER), sandbox keys, a funded default pool, no throttle."""
+    """An ACTIVE partner (PURCHASE, `stakeholder_types`), sandbox keys, a funded default pool,
+    no throttle."""
     async with db.begin() as conn:
         partner = await create_partner(
             conn,
@@ -149,7 +192,7 @@ async def create_bench_partner(
             name=f"Bench {secrets.token_hex(4)}",
             status="ACTIVE",
             action_types=("PURCHASE",),
-            stakeholder_types=("CUSTOMER",),
+            stakeholder_types=tuple(stakeholder_types),
         )
         scope = Scope(partner["id"], "sandbox")
         pool = await create_pool(conn, scope, actor="bench", name="bench")
@@ -263,8 +306,16 @@ async def run_http_submit(
     prefix: str,
     duplicate_share: float = 0.0,
     seed: int = 2,
+    stakeholders: Callable[[random.Random], str] | None = None,
+    rate: float | None = None,
+    request_timeout: float = 30,
 ) -> HttpRun:
     """Engine 2: signed submits over loopback HTTP, each with a fresh timestamp.
+
+    `stakeholders` returns the JSON array of an action's stakeholders (default: one CUSTOMER of
+    1000 users). With `rate`, requests start open-loop at that rate (see `run_load`), at most
+    `clients` on the wire at once; each is signed when it is sent, not when it is scheduled.
+    `request_timeout` bounds each request, the wait for a free connection included.
 
     With `duplicate_share` > 0 that share of requests resends a key sent shortly before (often
     still in flight, so concurrent duplicates are exercised). A resend carries the same parsed
@@ -284,11 +335,18 @@ async def run_http_submit(
             run.duplicates_sent += 1
             return key, body + b" " * resends[key]
         key = f"{prefix}{next(numbers)}"
-        body = (
-            f'{{"idempotencyKey":"{key}","actionType":"PURCHASE","amount":"{_amount(rng)}",'
-            f'"currency":"USD","stakeholders":[{{"stakeholderTypeCode":"CUSTOMER",'
-            f'"partnerUserId":"{_user(rng)}"}}]}}'
-        ).encode()
+        if stakeholders is None:
+            body = (
+                f'{{"idempotencyKey":"{key}","actionType":"PURCHASE","amount":"{_amount(rng)}",'
+                f'"currency":"USD","stakeholders":[{{"stakeholderTypeCode":"CUSTOMER",'
+                f'"partnerUserId":"{_user(rng)}"}}]}}'
+            ).encode()
+        else:
+            amount = _amount(rng)
+            body = (
+                f'{{"idempotencyKey":"{key}","actionType":"PURCHASE","amount":"{amount}",'
+                f'"currency":"USD","stakeholders":{stakeholders(rng)}}}'
+            ).encode()
         run.sent_keys.add(key)
         recent.append((key, body))
         if len(recent) > 256:
@@ -296,8 +354,9 @@ async def run_http_submit(
         return key, body
 
     connector = aiohttp.TCPConnector(limit=clients)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    # `total` includes the wait for a free connection: an open-loop backlog needs more than 30 s.
+    session_timeout = aiohttp.ClientTimeout(total=request_timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=session_timeout) as session:
 
         async def one(rng: random.Random) -> str:
             key, body = next_body(rng)
@@ -320,7 +379,7 @@ async def run_http_submit(
                 run.replays.append((key, answer["error"]["details"]["original"]["actionId"]))
             return f"{status} {code}"
 
-        run.load = await run_load(one, seconds=seconds, clients=clients, seed=seed)
+        run.load = await run_load(one, seconds=seconds, clients=clients, seed=seed, rate=rate)
     return run
 
 
@@ -405,6 +464,10 @@ class PgbenchRun:
     tps: float
     latency_ms: float | None
     command: str
+    # With `percentiles=True`: nearest-rank p50/p95/p99 from the per-transaction log (ms; with
+    # `rate`, counted from each transaction's scheduled start) and the transactions logged.
+    percentiles_ms: dict[str, float] | None = None
+    transactions: int | None = None
 
 
 def find_pgbench() -> str:
@@ -465,13 +528,42 @@ async def _run(args: list[str], env: dict[str, str], limit: float) -> str:
     return text_out
 
 
+def _pgbench_log_latencies(directory: str) -> list[float]:
+    """Per-transaction latencies (ms) from pgbench `-l` files: the third field is microseconds,
+    from the scheduled start when `-R` is on (schedule lag included)."""
+    latencies: list[float] = []
+    for path in glob.glob(os.path.join(directory, "pgbench_log.*")):
+        with open(path) as log:
+            for line in log:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2].isdigit():  # "skipped" only with -L
+                    latencies.append(int(fields[2]) / 1000)
+    return latencies
+
+
 async def run_pgbench(
-    server_url: str, *, seconds: int, clients: int, scale: int = 10
+    server_url: str,
+    *,
+    seconds: int,
+    clients: int,
+    scale: int = 10,
+    rate: float | None = None,
+    percentiles: bool = False,
 ) -> PgbenchRun:
-    """Baseline A: tpcb-like, prepared, on its own scratch database (created and dropped here)."""
+    """Baseline A: tpcb-like, prepared, on its own scratch database (created and dropped here).
+
+    `rate` adds `-R rate` (a fixed offered load, transactions per second over all clients);
+    `percentiles` adds a per-transaction log (`-l`) in a temporary directory, read for p50/p99.
+    """
     pgbench = find_pgbench()
     name = f"sir_bench_pgbench_{secrets.token_hex(4)}"
     conn_args, env = _libpq_args(server_url)
+    log_dir = tempfile.TemporaryDirectory(prefix="sir_pgbench_") if percentiles else None
+    extra: list[str] = []
+    if rate is not None:
+        extra += ["-R", f"{rate:.1f}"]
+    if log_dir is not None:
+        extra += ["-l", f"--log-prefix={os.path.join(log_dir.name, 'pgbench_log')}"]
     await admin_sql(server_url, f'CREATE DATABASE "{name}"')
     try:
         await _run([pgbench, "-i", "-q", "-s", str(scale), *conn_args, name], env, 300)
@@ -486,19 +578,29 @@ async def run_pgbench(
             str(threads),
             "-T",
             str(seconds),
+            *extra,
             *conn_args,
             name,
         ]
         out = await _run(command, env, seconds + 120)
+        latencies = sorted(_pgbench_log_latencies(log_dir.name)) if log_dir is not None else None
     finally:
+        if log_dir is not None:
+            log_dir.cleanup()
         await admin_sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     tps = re.search(r"^tps = ([0-9.]+)", out, re.MULTILINE)
     if tps is None:
         raise RuntimeError(f"no tps in pgbench output:\n{out[-2000:]}")
     latency = re.search(r"^latency average = ([0-9.]+) ms", out, re.MULTILINE)
-    shown = " ".join(a for a in command[1:] if a != name)
+    shown = " ".join(a for a in command[1:] if a != name and not a.startswith("--log-prefix"))
     return PgbenchRun(
-        float(tps.group(1)), float(latency.group(1)) if latency else None, f"pgbench {shown}"
+        float(tps.group(1)),
+        float(latency.group(1)) if latency else None,
+        f"pgbench {shown}",
+        None
+        if latencies is None
+        else {f"p{q}": round(percentile(latencies, q), 3) for q in (50, 95, 99)},
+        None if latencies is None else len(latencies),
     )
 
 
