@@ -41,12 +41,10 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[DB] = engine
 
     def nudge_relay() -> None:
-        # The dispatcher comes up in a later cleanup context; until then the relay tick covers.
-        dispatcher = app.get(DISPATCH)
-        if dispatcher is not None:
-            if NUDGE not in app:
-                app[NUDGE] = Nudge(dispatcher, "webhooks", "relay_outbox")
-            app[NUDGE]()
+        # The nudge comes up with the dispatcher, a later cleanup context; the tick covers until then.
+        nudge = app.get(NUDGE)
+        if nudge is not None:
+            nudge()
 
     app[GROUP_COMMIT] = GroupCommitter(engine, after_commit=nudge_relay)
     yield
@@ -76,6 +74,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     """Nudges to the workers (relay, batches, deliveries); the periodic ticks are the guarantee."""
     dispatcher = Dispatcher(app[SETTINGS].redis_url)
     app[DISPATCH] = dispatcher
+    app[NUDGE] = Nudge(dispatcher, "webhooks", "relay_outbox")
     yield
     dispatcher.close()
 
