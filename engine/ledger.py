@@ -106,14 +106,16 @@ _POSTINGS_SQL = text(
 )
 
 # One aggregated update per account, rows locked in id order so concurrent writers that touch
-# the same accounts queue instead of deadlocking.
+# the same accounts queue instead of deadlocking. FOR NO KEY UPDATE, not FOR UPDATE: inserting
+# postings takes KEY SHARE on every account they reference (the foreign key), and FOR UPDATE
+# conflicts with KEY SHARE, so two writers would each wait on the other's postings.
 _BALANCES_SQL = text(
     # `a.id = ANY(...)` reaches the rows by primary key; joining the deltas instead made the
     # planner walk every account of the partner (cost grew with the partner's user count).
     "WITH deltas AS (SELECT unnest(:account_ids) AS id, unnest(:deltas) AS delta), "
     "locked AS (SELECT a.id FROM ledger_accounts a WHERE a.id = ANY(:account_ids) "
     "AND a.partner_id = :partner_id AND a.environment = :environment "
-    "ORDER BY a.id FOR UPDATE) "
+    "ORDER BY a.id FOR NO KEY UPDATE) "
     "UPDATE ledger_accounts a SET balance = a.balance + d.delta FROM deltas d "
     "WHERE a.id = d.id AND a.id IN (SELECT id FROM locked) RETURNING a.id, a.balance"
 ).bindparams(

@@ -94,7 +94,7 @@ async def reverse_action(
                 await conn.execute(
                     text(
                         "SELECT * FROM actions WHERE id = :id AND partner_id = :partner_id "
-                        "AND environment = :environment FOR UPDATE"
+                        "AND environment = :environment FOR NO KEY UPDATE"
                     ),
                     {**scope.params, "id": action_id},
                 )
@@ -378,7 +378,7 @@ async def _lock_pool(conn: AsyncConnection, scope: Scope, pool_id: str) -> int:
     row = await conn.execute(
         text(
             "SELECT id FROM ledger_accounts WHERE pool_id = :pool AND partner_id = :partner_id "
-            "AND environment = :environment FOR UPDATE"
+            "AND environment = :environment FOR NO KEY UPDATE"
         ),
         {**scope.params, "pool": pool_id},
     )

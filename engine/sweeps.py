@@ -259,7 +259,7 @@ _CLAIM_REFILL = text(
     "< coalesce((p.auto_refill->>'maxPerDay')::int, 0) "
     "AND NOT EXISTS (SELECT 1 FROM pool_refills f WHERE f.pool_id = p.id "
     "AND f.created_at >= :now) "
-    "ORDER BY a.id LIMIT :limit FOR UPDATE OF a SKIP LOCKED"
+    "ORDER BY a.id LIMIT :limit FOR NO KEY UPDATE OF a SKIP LOCKED"
 )
 
 # Re-read under the locks, in a new snapshot: a sweeper that committed a refill just before our
@@ -274,7 +274,7 @@ _POOLS_LOCKED = text(
 
 _LOCK_RESERVE = text(
     "SELECT id, balance FROM ledger_accounts WHERE partner_id = :partner_id "
-    "AND environment = :environment AND kind = 'RESERVE' FOR UPDATE"
+    "AND environment = :environment AND kind = 'RESERVE' FOR NO KEY UPDATE"
 )
 
 _LOG_REFILLS = text(

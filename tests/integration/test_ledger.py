@@ -303,3 +303,71 @@ async def test_verify_catches_a_corrupted_balance_cache(db, make_partner):
     checks = {p.check for p in report.problems}
     assert checks == {"balance-cache", "conservation"}
     assert "drift=7" in report.render()
+
+
+async def test_concurrent_entries_on_shared_accounts_do_not_deadlock(db, make_partner):
+    """Writers that take no lock before posting (the sweeps) still never deadlock: inserting
+    postings takes KEY SHARE on each account (the foreign key), so the balance update must lock
+    with FOR NO KEY UPDATE, which does not conflict with it (FOR UPDATE would)."""
+    p = await make_partner(funding="1000")
+    async with db.begin() as conn:
+        wallets = [
+            await wallet(conn, p.scope, partner_user_id=await _user(conn, p.scope, f"shared-{i}"))
+            for i in range(4)
+        ]
+        pool_acct = await pool_account(conn, p.scope, p.pool_id)
+        assert await debit_if_covered(conn, p.scope, pool_acct, T("400")) is not None
+        seed = EntryDraft(
+            "DISTRIBUTION",
+            (
+                Leg(pool_acct, T("-400"), "DEBIT"),
+                *(Leg(w.available_id, T("100"), "CREDIT", posting_id=new_id()) for w in wallets),
+            ),
+        )
+        _, balances = await post_entries(
+            conn, p.scope, [seed], already_applied={pool_acct: -T("400").micro}
+        )
+        await open_lots(
+            conn,
+            p.scope,
+            [
+                LotCredit(leg.account_id, leg.posting_id, leg.amount, None, None, None, False)
+                for leg in seed.legs[1:]
+            ],
+            balances,
+        )
+
+    async def shuffle(i: int) -> None:
+        # Each entry moves 1 token between two of the shared wallets, in varying orders.
+        a, b = wallets[i % 4], wallets[(i + 1 + i // 4) % 4]
+        if a == b:
+            b = wallets[(i + 2) % 4]
+        async with db.begin() as conn:
+            credit_id = new_id()
+            draft = EntryDraft(
+                "CORRECTION",
+                (
+                    Leg(a.available_id, T("-1"), "DEBIT"),
+                    Leg(b.available_id, T("1"), "CREDIT", posting_id=credit_id),
+                ),
+            )
+            await consume_lots(conn, p.scope, a.available_id, T("1"))
+            _, balances = await post_entries(conn, p.scope, [draft])
+            await open_lots(
+                conn,
+                p.scope,
+                [LotCredit(b.available_id, credit_id, T("1"), None, None, None, False)],
+                balances,
+            )
+            await asyncio.sleep(0.01)  # hold the locks a moment, as a longer transaction would
+
+    await asyncio.gather(*(shuffle(i) for i in range(40)))
+    async with db.connect() as conn:
+        total = (
+            await conn.execute(
+                select(text("sum(balance)"))
+                .select_from(ledger_accounts)
+                .where(ledger_accounts.c.id.in_([w.available_id for w in wallets]))
+            )
+        ).scalar_one()
+    assert total == T("400").micro
