@@ -194,7 +194,10 @@ async def deliver_webhook(delivery_id: str) -> None:
             conn, delivery_id, result, datetime.now(UTC), retry_scale=retry_scale()
         )
     if outcome is not None:
-        log.info(
+        # A success per delivery at INFO floods the logs at volume (and costs CPU); failures
+        # stay visible.
+        log.log(
+            logging.DEBUG if outcome.status == "SUCCEEDED" else logging.INFO,
             "delivery %s attempt %d: %s -> %s",
             delivery_id,
             plan.attempt_number,
