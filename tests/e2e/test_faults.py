@@ -41,6 +41,8 @@ RETRYABLE = {503, 429, 401}  # 401 only as REPLAYED_REQUEST after Redis lost its
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    # Its own process group: Dramatiq forks worker processes, and a signal to the group reaches
+    # them too (a SIGKILL to the parent alone would leave them running as orphans).
     sink = log.open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "ops.cli", *args],
@@ -48,16 +50,31 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         cwd=ROOT,
         stdout=sink,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process and everything it forked."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
+
+
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    """SIGTERM the group and let it finish; SIGKILL whatever is left after 30 s."""
+    if process is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    _kill(process)
 
 
 async def _setup(database_url: str, master_key: str) -> tuple[Scope, str, str]:
@@ -195,8 +212,7 @@ async def test_faults_lose_nothing_and_double_count_nothing(tmp_path):
 
             async def faults() -> None:
                 await asyncio.sleep(1.5)
-                processes["worker"].send_signal(signal.SIGKILL)  # type: ignore[union-attr]
-                processes["worker"].wait()  # type: ignore[union-attr]
+                _kill(processes["worker"])  # type: ignore[arg-type]
                 processes["worker"] = _start(
                     ["worker", "--processes", "1", "--threads", "4"], env, logs / "worker.log"
                 )

@@ -92,4 +92,19 @@ class PrivatePostgres:
         )
 
     def stop(self) -> None:
+        """Stop the server for good. pgserver's own cleanup tracks the postmaster it started,
+        which a restart replaced, so the data directory is stopped with pg_ctl as well."""
+        import subprocess as sp
+
+        from pgserver._commands import pg_ctl
+
         self._server.cleanup()
+        try:
+            pg_ctl(
+                ["-w", "-m", "fast", "stop"],
+                pgdata=self._server.pgdata,
+                user=self._server.system_user,
+                timeout=30,
+            )
+        except sp.CalledProcessError:
+            pass  # already stopped
