@@ -16,23 +16,11 @@ from engine.ledger import EntryDraft, Leg, LotCredit, consume_lots, open_lots, p
 from engine.money import Tokens
 from engine.pagination import InvalidCursor, read_page
 from engine.scope import Scope
-from engine.tables import actions, organizations, partner_users
+from engine.tables import actions, organizations
 from engine.transactions import Filters
+from tests.integration.test_ledger import _user
 
 T = Tokens.parse
-
-
-async def _user(conn, scope, external_id):
-    user_id = new_id()
-    await conn.execute(
-        partner_users.insert().values(
-            id=user_id,
-            partner_id=scope.partner_id,
-            environment=scope.environment,
-            external_user_id=external_id,
-        )
-    )
-    return user_id
 
 
 async def _organization(conn):

@@ -13,39 +13,15 @@ from engine.errors import NotFound, ValidationFailed
 from engine.ledger import (
     EntryDraft,
     Leg,
-    LotCredit,
     consume_lots,
-    debit_if_covered,
-    open_lots,
     post_entries,
 )
 from engine.money import Tokens
 from engine.pagination import InvalidCursor
 from engine.scope import Scope
+from tests.integration.test_ledger import _grant
 
 T = Tokens.parse
-
-
-async def _grant(conn, scope, pool_id, user_id, amount, *, vests_at=None, expires_at=None):
-    """Move `amount` from the pool to the user's wallet the way distribution does."""
-    pool_acct = await pool_account(conn, scope, pool_id)
-    w = await wallet(conn, scope, partner_user_id=user_id)
-    locked = vests_at is not None
-    target = w.locked_id if locked else w.available_id
-    assert await debit_if_covered(conn, scope, pool_acct, amount) is not None
-    draft = EntryDraft(
-        "DISTRIBUTION", (Leg(pool_acct, -amount, "DEBIT"), Leg(target, amount, "CREDIT"))
-    )
-    (entry,), balances = await post_entries(
-        conn, scope, [draft], already_applied={pool_acct: -amount.micro}
-    )
-    await open_lots(
-        conn,
-        scope,
-        [LotCredit(target, entry.posting_ids[1], amount, None, vests_at, expires_at, locked)],
-        balances,
-    )
-    return entry
 
 
 async def _reverse_available(conn, scope, pool_id, user_id, amount):
