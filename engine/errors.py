@@ -297,3 +297,56 @@ class WebhookEndpointInactive(Unprocessable):
     410 Gone, or after failing every delivery for 5 days): nothing would be sent."""
 
     code = "WEBHOOK_ENDPOINT_INACTIVE"
+
+
+# -- marketplace (contract section 10) -----------------------------------------------------------
+
+
+class BadRequest(SirError):
+    name = "ValidationError"
+    status = 400
+
+
+class IdempotencyKeyRequired(BadRequest):
+    """An order without an `Idempotency-Key` header: a retry could buy the vouchers twice."""
+
+    code = "IDEMPOTENCY_KEY_REQUIRED"
+
+
+class IdempotencyKeyTooShort(BadRequest):
+    code = "IDEMPOTENCY_KEY_TOO_SHORT"
+
+
+class IdempotencyKeyTooLong(BadRequest):
+    code = "IDEMPOTENCY_KEY_TOO_LONG"
+
+
+class InsufficientBalance(PaymentRequired):
+    """The user's available balance does not cover the order."""
+
+    code = "INSUFFICIENT_BALANCE"
+
+
+class RedemptionNotAllowed(Unprocessable):
+    """A pool redemption rule refuses the order (minimum balance left, allowed categories)."""
+
+    code = "REDEMPTION_NOT_ALLOWED"
+
+
+class ProductUnavailable(Unprocessable):
+    """Unknown or inactive product or denomination, or nothing can fulfil it (out of stock
+    with no vendor for the environment)."""
+
+    code = "PRODUCT_UNAVAILABLE"
+
+
+class OrderNotCancellable(Conflict):
+    """Cancelling an order that is no longer PENDING or PROCESSING."""
+
+    code = "ORDER_NOT_CANCELLABLE"
+
+
+class DuplicateVoucherCode(Conflict):
+    """A voucher code already in the inventory of the product (codes are loaded once)."""
+
+    code = "DUPLICATE_VOUCHER_CODE"

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
@@ -681,4 +682,200 @@ donations = Table(
     CheckConstraint("amount_cents > 0", name="amount"),
     CheckConstraint("status IN ('CREATED', 'COMPLETED', 'FAILED')", name="status"),
     CheckConstraint("frequency IN ('once', 'monthly')", name="frequency"),
+)
+
+# -- marketplace (migration 0005) ------------------------------------------------------------------
+
+catalog_products = Table(
+    "catalog_products",
+    metadata,
+    _id(),
+    Column("sku", String(128), unique=True),  # the operator's own key; CSV import upserts by it
+    Column("name", Text, nullable=False),
+    Column("category", String(64), nullable=False),
+    Column("country", String(2), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("image_url", Text),
+    Column("delivery_type", String(16), nullable=False),
+    Column("validity", Text),
+    # [{"faceValue": "25.00", "tokenPriceMicro": int, "isActive": bool}]
+    Column("denominations", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("is_active", Boolean, nullable=False, server_default=text("true")),
+    _created(),
+    _updated(),
+    CheckConstraint("delivery_type IN ('code', 'code_with_pin', 'link')", name="delivery_type"),
+    Index("ix_catalog_products_listing", "created_at", "id"),
+)
+
+ORDER_STATUSES = (
+    "PENDING",
+    "PROCESSING",
+    "DELIVERED",
+    "PARTIALLY_DELIVERED",
+    "FAILED",
+    "CANCELLED",
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    _id(),
+    *_scope("orders"),
+    Column("reference", String(32), nullable=False, unique=True),
+    Column("partner_user_id", String(24), nullable=False),
+    Column("external_user_id", String(255), nullable=False),
+    Column("product_id", String(24), ForeignKey("catalog_products.id"), nullable=False),
+    Column("face_value", Numeric(12, 2), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("unit_price", BigInteger, nullable=False),  # micro-tokens per voucher
+    Column("tokens_debited", BigInteger, nullable=False),
+    Column("tokens_refunded", BigInteger, nullable=False, server_default="0"),
+    Column("delivered_quantity", Integer, nullable=False, server_default="0"),
+    Column("status", String(20), nullable=False),
+    Column("vendor", String(32)),
+    # When the vendor path looks at the order next (a claim lease while PROCESSING); NULL: done.
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("failure_reason", Text),
+    Column("cancelled_by", Text),
+    _created(),
+    _updated(),
+    Column("completed_at", DateTime(timezone=True)),
+    CheckConstraint("quantity BETWEEN 1 AND 100", name="quantity"),
+    CheckConstraint("unit_price > 0", name="unit_price"),
+    CheckConstraint(
+        "status IN (" + ", ".join(f"'{s}'" for s in ORDER_STATUSES) + ")", name="status"
+    ),
+    CheckConstraint(
+        "tokens_debited = unit_price * quantity AND tokens_refunded BETWEEN 0 AND tokens_debited "
+        "AND delivered_quantity BETWEEN 0 AND quantity",
+        name="amounts",
+    ),
+    UniqueConstraint("id", "partner_id", "environment", name="uq_orders_scoped_id"),
+    ForeignKeyConstraint(
+        ["partner_user_id", "partner_id", "environment"],
+        ["partner_users.id", "partner_users.partner_id", "partner_users.environment"],
+        name="fk_orders_user_scoped",
+    ),
+    Index("ix_orders_listing", "partner_id", "environment", "created_at", "id"),
+    Index("ix_orders_due", "next_attempt_at", postgresql_where=text("next_attempt_at IS NOT NULL")),
+)
+
+# Idempotency-Key of order creation, kept 24 hours (contract section 10).
+order_keys = Table(
+    "order_keys",
+    metadata,
+    Column("partner_id", String(24), ForeignKey("partners.id"), primary_key=True),
+    Column("environment", String(10), primary_key=True),
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("request_hash", LargeBinary, nullable=False),
+    Column("order_id", String(24), nullable=False),
+    Column("response", JSONB, nullable=False),
+    _created(),
+)
+
+# Which lots paid for an order, so a refund returns the very same tokens (expiry dates included).
+order_lot_takes = Table(
+    "order_lot_takes",
+    metadata,
+    Column("order_id", String(24), ForeignKey("orders.id"), primary_key=True),
+    Column("lot_id", BigInteger, ForeignKey("lots.id"), primary_key=True),
+    Column("seq", SmallInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    CheckConstraint("amount > 0", name="amount"),
+)
+
+vouchers = Table(
+    "vouchers",
+    metadata,
+    _id(),
+    Column("environment", String(10), nullable=False),
+    Column("product_id", String(24), ForeignKey("catalog_products.id"), nullable=False),
+    Column("face_value", Numeric(12, 2), nullable=False),
+    Column("source", String(10), nullable=False),  # INVENTORY (loaded by operators) or VENDOR
+    Column("vendor", String(32)),
+    Column("code_hash", LargeBinary, nullable=False),  # keyed hash: a code is loaded once
+    Column("code_enc", LargeBinary, nullable=False),
+    Column("pin_enc", LargeBinary),
+    Column("claim_url_enc", LargeBinary),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("status", String(10), nullable=False, server_default="AVAILABLE"),
+    Column("partner_id", String(24), ForeignKey("partners.id")),
+    Column("order_id", String(24), ForeignKey("orders.id")),
+    Column("issued_at", DateTime(timezone=True)),
+    _created(),
+    CheckConstraint("face_value > 0", name="face_value"),
+    CheckConstraint("source IN ('INVENTORY', 'VENDOR')", name="source"),
+    CheckConstraint("status IN ('AVAILABLE', 'ISSUED')", name="status"),
+    CheckConstraint(
+        "(status = 'ISSUED') = (order_id IS NOT NULL) AND (order_id IS NULL) = (issued_at IS NULL)",
+        name="issued",
+    ),
+    UniqueConstraint("product_id", "code_hash", name="uq_vouchers_code"),
+)
+
+# The built-in sandbox vendor: its settings (one row) and its own records of what it allocated.
+sandbox_vendor = Table(
+    "sandbox_vendor",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("mode", String(10), nullable=False, server_default="instant"),
+    Column("delay_seconds", Integer, nullable=False, server_default="0"),
+    Column("drift_next", Integer, nullable=False, server_default="0"),
+    _updated(),
+)
+
+vendor_orders = Table(
+    "vendor_orders",
+    metadata,
+    Column("vendor", String(32), primary_key=True),
+    Column("request_id", String(64), primary_key=True),  # our order id: the vendor dedupes on it
+    *_scope("vendor_orders"),
+    Column("product_id", String(24), nullable=False),
+    Column("face_value", Numeric(12, 2), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("ready_at", DateTime(timezone=True), nullable=False),
+    Column("failure_reason", Text),
+    # What the vendor's books say it allocated (differs from the request when told to drift).
+    Column("recorded_face_value", Numeric(12, 2), nullable=False),
+    Column("recorded_quantity", Integer, nullable=False),
+    _created(),
+)
+
+reconciliation_reports = Table(
+    "reconciliation_reports",
+    metadata,
+    Column("partner_id", String(24), ForeignKey("partners.id"), primary_key=True),
+    Column("environment", String(10), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("report", JSONB, nullable=False),
+    Column("generated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+reconciliation_drifts = Table(
+    "reconciliation_drifts",
+    metadata,
+    _id(),
+    *_scope("reconciliation_drifts"),
+    Column("day", Date, nullable=False),
+    Column("order_id", String(24), nullable=False),
+    Column("vendor", String(32), nullable=False),
+    Column("product_id", String(24)),
+    Column("kind", String(10), nullable=False),  # DRIFTED (records differ) or UNMATCHED
+    Column("our_allocation", JSONB),
+    Column("vendor_record", JSONB),
+    Column("detected_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("resolution", String(10), nullable=False, server_default="pending"),
+    Column("resolution_note", Text),
+    Column("resolved_by", Text),
+    Column("resolved_at", DateTime(timezone=True)),
+    UniqueConstraint(
+        "partner_id",
+        "environment",
+        "day",
+        "order_id",
+        "vendor",
+        name="uq_reconciliation_drifts_finding",
+    ),
 )
