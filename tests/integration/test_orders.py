@@ -13,13 +13,13 @@ from sqlalchemy import text
 from engine import catalog, orders, vendors, vouchers
 from engine.catalog import Denomination
 from engine.errors import (
+    DuplicateVoucherCode,
     IdempotencyKeyReused,
     InsufficientBalance,
     NotFound,
     OrderNotCancellable,
     ProductUnavailable,
     RedemptionNotAllowed,
-    DuplicateVoucherCode,
     ValidationFailed,
 )
 from engine.money import Tokens
