@@ -13,12 +13,15 @@ from engine.crypto import SecretBox
 from engine.db import create_engine
 from engine.group_commit import GroupCommitter
 from engine.settings import Settings
+from engine.vendors import Vendors
 from http_front import (
     actions,
     admin,
+    admin_marketplace,
     batches,
     campaigns,
     health,
+    marketplace,
     openapi,
     pools,
     portal,
@@ -27,7 +30,16 @@ from http_front import (
     webhooks,
 )
 from http_front.auth_partner import ensure_replay_epoch
-from http_front.keys import DB, DISPATCH, GROUP_COMMIT, NUDGE, REDIS, SECRET_BOX, SETTINGS
+from http_front.keys import (
+    DB,
+    DISPATCH,
+    GROUP_COMMIT,
+    NUDGE,
+    REDIS,
+    SECRET_BOX,
+    SETTINGS,
+    VENDORS,
+)
 from http_front.middlewares import error_middleware, request_id_middleware
 from workers.dispatch import Dispatcher, Nudge
 
@@ -47,6 +59,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             nudge()
 
     app[GROUP_COMMIT] = GroupCommitter(engine, after_commit=nudge_relay)
+    app[VENDORS] = Vendors(engine, app[SECRET_BOX])
     yield
     await app[GROUP_COMMIT].close()  # let batches in flight commit before the pool closes
     await engine.dispose()
@@ -99,6 +112,8 @@ def create_app(settings: Settings) -> web.Application:
         pools,
         transactions,
         webhooks,
+        marketplace,
+        admin_marketplace,
         openapi,
     ):
         module.add_routes(app)

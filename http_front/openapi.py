@@ -300,6 +300,8 @@ _TAGS = {
     "webhooks": "Webhooks",
     "portal": "Portal",
     "admin": "Operator",
+    "marketplace": "Marketplace",
+    "admin_marketplace": "Operator",
     "health": "Operations",
     "openapi": "Documentation",
 }
@@ -316,6 +318,10 @@ _PATH_PARAMS = {
     "key_id": "The API key's id",
     "request_id": "The top-up request's id",
     "slug": "The organization's slug",
+    "product_id": "The catalog product's id",
+    "order_id": "The order's id",
+    "day": "A UTC day, YYYY-MM-DD",
+    "drift_id": "The reconciliation finding's id",
 }
 
 

@@ -6,12 +6,19 @@ and lists its periodic ticks in `TICKS`.
 
 from __future__ import annotations
 
-from workers import batch_actors, maintenance, outbox_actors, sweep_actors, webhook_actors
+from workers import (
+    batch_actors,
+    maintenance,
+    order_actors,
+    outbox_actors,
+    sweep_actors,
+    webhook_actors,
+)
 from workers.broker import broker  # noqa: F401 - configures the global broker first
 from workers.maintenance import audit_ledger
 from workers.ticks import Tick
 
-MODULES = [maintenance, outbox_actors, batch_actors, webhook_actors, sweep_actors]
+MODULES = [maintenance, outbox_actors, batch_actors, webhook_actors, sweep_actors, order_actors]
 
 __all__ = ["all_ticks", "audit_ledger"]
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from engine.errors import ConfigError, ServiceUnavailable, SirError
 
-QUEUES = ("distribution", "webhooks", "sweeps", "maintenance")
+QUEUES = ("distribution", "webhooks", "sweeps", "maintenance", "orders")
 MAX_RETRIES = 20
 MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 5 * 60_000
