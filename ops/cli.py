@@ -435,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--amount", required=True)
             c.add_argument("--memo", default=None)
         c.set_defaults(func=cmd_admin)
+
+    from ops import marketplace_cli
+
+    marketplace_cli.register(sub, admin_sub)
     return parser
 
 

@@ -43,6 +43,13 @@ class DenominationIn(WireModel):
     token_price: TokenAmount
     is_active: bool = True
 
+    @field_validator("token_price")
+    @classmethod
+    def _positive(cls, value: Tokens) -> Tokens:
+        if not value.is_positive:
+            raise ValueError("must be greater than 0")
+        return value
+
     def engine(self) -> Denomination:
         return Denomination(self.face_value, self.token_price, self.is_active)
 
@@ -398,6 +405,3 @@ class OperatorDriftList(WireModel):
 class DriftPatch(WireModel):
     resolution: Resolution
     note: Annotated[str, Field(max_length=2000)] | None = None
-
-
-__all__ = ["Tokens"]

@@ -205,4 +205,6 @@ def test_the_scheduler_fires_every_modules_ticks():
         "refill_pools",
         "check_low_balances",
         "alert_expiring_keys",
+        "pick_up_orders",
+        "reconcile_yesterday",
     } <= names
