@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,10 +36,14 @@ OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def engine(services: Services, tmp_path_factory) -> Iterator[str]:
+def logs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("marketplace-processes")
+
+
+@pytest.fixture(scope="module")
+def engine(services: Services, logs: Path) -> Iterator[str]:
     """The front, one worker (orders + maintenance queues) and the scheduler (1 s pick-up)."""
     env = services.env(SIR_ORDER_PICKUP_SECONDS="1", SIR_WORKER_METRICS_PORT="0")
-    logs = tmp_path_factory.mktemp("marketplace-processes")
     port = free_port()
     commands = {
         "front": [sys.executable, "-m", "ops.cli", "serve", "--port", str(port)],
@@ -187,7 +192,7 @@ async def _events(db, scope: Scope) -> list[tuple[str, str]]:
         return [(t, p) for t, p in rows]
 
 
-async def test_an_order_through_the_vendor_path(db, box, engine):
+async def test_an_order_through_the_vendor_path(db, box, engine, logs):
     sir, scope = await _partner(db, box, engine)
     in_stock = f"STOCK-{secrets.token_hex(6)}"
     product = await _product(engine, stock=[in_stock])
@@ -228,10 +233,14 @@ async def test_an_order_through_the_vendor_path(db, box, engine):
 
     events = await _events(db, scope)
     types = [t for t, _ in events]
+    # Codes leave only through GET /orders/:id/vouchers: not in events, not in any log.
+    for log_file in logs.glob("*.log"):
+        logged = log_file.read_text()
+        assert not any(code in logged for code in revealed), log_file.name
     for expected in ("order.created", "order.processing", "order.delivered"):
         assert types.count(expected) == 1, types
     assert types.count("voucher.issued") == 3
-    for _, payload in events:  # no event ever carries a code
+    for _, payload in events:
         assert not any(code in payload for code in revealed)
 
     # Another partner, and a partner without the feature, see nothing.
