@@ -25,7 +25,7 @@ from engine.pagination import read_page
 from http_front.auth_partner import requires_feature, secret_key_required
 from http_front.body import json_response, read_model
 from http_front.keys import DB, DISPATCH, SECRET_BOX, VENDORS
-from http_front.openapi import PAGE, Query, documented
+from http_front.openapi import NOTES, PAGE, Query, documented
 from http_front.principal import principal
 from schemas.marketplace import (
     OrderCreate,
@@ -248,3 +248,52 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(BASE + "/orders/{order_id}/cancel", cancel_order)
     app.router.add_get(BASE + "/orders/{order_id}/vouchers", order_vouchers)
     app.router.add_get(BASE + "/reconciliation/{day}", get_reconciliation)
+
+
+# -- decisions where contract section 10 is silent (written into the OpenAPI document) --------------
+
+NOTES.update(
+    {
+        "marketplace_place_order": """\
+Header `Idempotency-Key` (8-255 characters) is required, checked before the body: missing ->
+`400 IDEMPOTENCY_KEY_REQUIRED`, too short/long -> `400 IDEMPOTENCY_KEY_TOO_SHORT` /
+`IDEMPOTENCY_KEY_TOO_LONG`. Keys are kept 24 hours per partner and environment. The same key,
+user and body again (compared after parsing: `25`, `"25.00"` are one face value) answers the
+original `201` body with `Idempotent-Replayed: true` and changes nothing; the same key otherwise
+is `422 IDEMPOTENCY_KEY_REUSED`. A refused order (4xx) leaves its key unused. Remember that a
+retry is signed afresh in a later second (the same signed bytes twice are `REPLAYED_REQUEST`).
+
+Checks in order: key, body (`quantity` 1-100, default 1; `faceValue` at most 2 decimals), key
+reuse, the user (`404`), the product and denomination (`422 PRODUCT_UNAVAILABLE`, also for an
+unknown `productId`), the available balance (`402 INSUFFICIENT_BALANCE`, `details.available`
+and `details.required`), then the redemption rules of every pool whose tokens the order would
+spend (`422 REDEMPTION_NOT_ALLOWED`, `details.rule` = `allowedCategories` or `minBalance`;
+the category is checked first). Tokens come from the user's available balance, earliest-expiring
+lots first, in the transaction that creates the order; a refund gives back those same lots.
+
+Vouchers come from the inventory of the key's environment first (sandbox orders never receive
+production codes). Fully stocked: `DELIVERED` at once. Otherwise `PENDING`; workers take it
+through `PROCESSING` to `DELIVERED`, `PARTIALLY_DELIVERED` or `FAILED` via the environment's
+vendor (the sandbox vendor in sandbox). Production has no built-in vendor: an order that the
+inventory cannot fill there is refused with `422 PRODUCT_UNAVAILABLE` (`details.inStock`) and
+nothing is debited. Undelivered vouchers are refunded exactly (`order.refunded`).""",
+        "marketplace_cancel_order": """\
+While `PENDING` or `PROCESSING` only (else `409 ORDER_NOT_CANCELLABLE`). Vouchers already issued
+stay with the user; the rest is refunded exactly. A vendor answer that arrives after the cancel
+is voided at the vendor and issues nothing.""",
+        "marketplace_order_vouchers": """\
+The only place voucher codes, PINs and claim URLs appear (never in webhooks, listings, logs or
+the audit log). Answered with `Cache-Control: no-store`.""",
+        "marketplace_get_reconciliation": """\
+`day` is a UTC date, `YYYY-MM-DD` (else `422`). Computed afresh on each call, so today's figures
+are current; `drifts[].id` and `resolution` come from the daily job once it has recorded the
+finding (`null` / `pending` before). An allocation is one order's vouchers from one source
+(the inventory or a vendor) on that day: `matched` when the vendor's record agrees on product,
+face value and count, `drifted` when it differs, `unmatched` when either side has no
+counterpart. `ledger.balanced` is `ledger verify` over the partner-environment: every pool,
+wallet and sink equals its postings and the partner's entries sum to zero; `driftTokens` is
+the total difference found.""",
+        "marketplace_list_products": "Newest first; partners see active products and their "
+        "active denominations only (an inactive product answers 404 on GET by id).",
+    }
+)
