@@ -612,6 +612,19 @@ async def cancel_order(
     return view
 
 
+async def purge_expired_keys(conn: AsyncConnection, *, limit: int = 10_000) -> int:
+    """Forget Idempotency-Keys older than 24 hours (a reuse deletes its own stale key anyway;
+    this keeps the table from growing). Returns how many were deleted."""
+    result = await conn.execute(
+        text(
+            "DELETE FROM order_keys WHERE ctid IN (SELECT ctid FROM order_keys "
+            "WHERE created_at < now() - make_interval(secs => :ttl) LIMIT :limit)"
+        ),
+        {"ttl": KEY_TTL.total_seconds(), "limit": limit},
+    )
+    return int(result.rowcount or 0)
+
+
 # -- the vendor path (workers) ------------------------------------------------------------------------
 
 

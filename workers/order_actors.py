@@ -56,6 +56,7 @@ async def pick_up_orders() -> None:
     """Claim orders due on the vendor path and send one `process_order` each."""
     async with runtime.database().begin() as conn:
         due = await orders.claim_due(conn, datetime.now(UTC), PICK_UP_BATCH)
+        await orders.purge_expired_keys(conn, limit=1_000)
     for order_id in due:
         process_order.send(order_id)
     if due:

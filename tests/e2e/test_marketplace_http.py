@@ -228,6 +228,13 @@ async def test_an_order_through_the_vendor_path(db, box, engine, logs):
 
         balance = await sir.request("GET", "/v1/partner/users/jane/balance")
         assert balance["available"] == 70 and balance["lifetimeRedeemed"] == 30
+        lines = await sir.request(
+            "GET",
+            "/v1/partner/transactions",
+            params={"externalUserId": "jane", "type": "REDEMPTION"},
+        )
+        (line,) = lines["data"]
+        assert line["orderId"] == order["id"] and line["amount"] == -30
         listed = await sir.request("GET", "/v1/partner/orders", params={"status": "DELIVERED"})
         assert [o["id"] for o in listed["data"]] == [order["id"]]
 

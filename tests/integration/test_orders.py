@@ -416,3 +416,30 @@ async def test_100_concurrent_orders_over_50_vouchers(db, box, make_partner):
         assert balance >= 0
         assert balance == granted[external] - spent.get(external, 0)
     await _clean(db, p.scope)
+
+
+async def test_a_key_older_than_24_hours_is_forgotten(db, box, make_partner):
+    p = await make_partner(funding="1000")
+    product = await _product(db)
+    await _stock(db, box, product, 3)
+    await _fund(db, p.scope, "u1", "50")
+    await _place(db, p.scope, "u1", product, key="key-aged-0001")
+    await _place(db, p.scope, "u1", product, key="key-aged-0002")
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE order_keys SET created_at = now() - interval '25 hours' "
+                "WHERE partner_id = :p"
+            ),
+            {"p": p.scope.partner_id},
+        )
+    # Reused by the partner after 24 hours: a new order, not IDEMPOTENCY_KEY_REUSED.
+    again, replayed = await _place(db, p.scope, "u1", product, quantity=1, key="key-aged-0001")
+    assert not replayed and again["status"] == "DELIVERED"
+    async with db.begin() as conn:
+        assert await orders.purge_expired_keys(conn) >= 1
+        left = await conn.execute(
+            text("SELECT idempotency_key FROM order_keys WHERE partner_id = :p ORDER BY 1"),
+            {"p": p.scope.partner_id},
+        )
+        assert [r[0] for r in left] == ["key-aged-0001"]
