@@ -298,6 +298,9 @@ _TAGS = {
     "pools": "Token pools",
     "transactions": "Transactions",
     "webhooks": "Webhooks",
+    "widget": "Widget",
+    "donations": "Widget",
+    "providers": "Payment providers",
     "portal": "Portal",
     "admin": "Operator",
     "marketplace": "Marketplace",
@@ -322,6 +325,8 @@ _PATH_PARAMS = {
     "order_id": "The order's id",
     "day": "A UTC day, YYYY-MM-DD",
     "drift_id": "The reconciliation finding's id",
+    "donation_id": "The partnerDonationId create-link answered",
+    "provider": "stripe, every.org or test",
 }
 
 

@@ -1,0 +1,89 @@
+"""Donation endpoints of the widget (contract 8): create a donation link, read its status.
+
+Both take a publishable key (from a browser) or a signed secret-key call, need the partner's
+DONATIONS feature, and work in the key's scope: another partner's or environment's donation
+answers 404.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from engine import donations
+from engine.errors import (
+    NotFound,
+    ProviderNotConfigured,
+    ProviderUnavailable,
+    UnknownActionType,
+    UnknownOrganization,
+    UnknownStakeholderType,
+)
+from http_front.auth_partner import requires_feature, widget_key
+from http_front.body import json_response, read_model
+from http_front.keys import DB, SETTINGS
+from http_front.openapi import documented
+from http_front.principal import principal
+from http_front.widget import preflight
+from schemas.donations import CreateDonationLink, DonationLinkOut, DonationStatusOut
+
+BASE = "/v1/partner/donations"
+
+
+def base_url(request: web.Request) -> str:
+    """This server's origin as the caller reached it (SIR_PUBLIC_URL overrides it in links)."""
+    return f"{request.scheme}://{request.host}"
+
+
+@documented(
+    "Create a donation link",
+    auth="widget",
+    request=CreateDonationLink,
+    responses={201: DonationLinkOut},
+    errors=[
+        UnknownOrganization,
+        UnknownActionType,
+        UnknownStakeholderType,
+        ProviderNotConfigured,
+        ProviderUnavailable,
+    ],
+)
+@widget_key
+@requires_feature("DONATIONS")
+async def create_link(request: web.Request) -> web.Response:
+    body = await read_model(request, CreateDonationLink)
+    who = principal(request)
+    created = await donations.create_link(
+        request.app[DB],
+        who.scope,
+        request.app[SETTINGS],
+        body.to_request(),
+        kind="secret" if who.key_kind == "secret" else "publishable",
+        base_url=base_url(request),
+    )
+    return json_response(
+        {"donationLink": created.donation_link, "partnerDonationId": created.partner_donation_id},
+        status=201,
+    )
+
+
+@documented(
+    "Get a donation's status",
+    auth="widget",
+    responses={200: DonationStatusOut},
+    errors=[NotFound],
+)
+@widget_key
+@requires_feature("DONATIONS")
+async def get_status(request: web.Request) -> web.Response:
+    async with request.app[DB].connect() as conn:
+        body = await donations.get_status(
+            conn, principal(request).scope, request.match_info["donation_id"]
+        )
+    return json_response(body)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(f"{BASE}/create-link", create_link)
+    app.router.add_get(f"{BASE}/status/{{donation_id}}", get_status)
+    app.router.add_route("OPTIONS", f"{BASE}/create-link", preflight)
+    app.router.add_route("OPTIONS", f"{BASE}/status/{{donation_id}}", preflight)
