@@ -200,7 +200,9 @@ async def link_for(settings: Settings, donation: dict[str, Any], base_url: str) 
         return providers.every_org_link(
             settings,
             sandbox=donation["environment"] == "sandbox",
-            slug=org["slug"],
+            # Every.org names a nonprofit by its own slug or by EIN; our slugs are ours, so
+            # the EIN (digits only) when the directory has one.
+            slug=(org["ein"] or "").replace("-", "") or org["slug"],
             amount_cents=donation["amount_cents"],
             frequency=donation["frequency"],
             donation_id=donation["id"],

@@ -12,7 +12,9 @@ Three checkouts complete a donation:
   `webhook_token` to route the completion to the partner webhook) and "Partner Webhook"
   (https://docs.every.org/docs/webhooks/partner-webhook: a JSON POST carrying `chargeId`,
   `partnerDonationId`, `amount` as a string in the currency's units, `currency`, ...).
-  Sandbox links go to Every.org's staging site (staging.every.org), production to www.
+  Every.org resolves `<slug>` as its own nonprofit slug or an EIN; ours are our own, so the
+  link uses the EIN (digits) when the directory has one. Sandbox links go to Every.org's
+  staging site (staging.every.org), production to www.
 - `stripe`: with SIR_STRIPE_SECRET_KEY, a Checkout Session made through the official `stripe`
   package (`client_reference_id` = our partnerDonationId); its `checkout.session.completed`
   event, verified with `stripe.Webhook.construct_event` and SIR_STRIPE_WEBHOOK_SECRET,
@@ -242,9 +244,10 @@ def stripe_notice(settings: Settings, body: bytes, signature: str) -> Notice | N
         raise InvalidProviderSignature("The Stripe-Signature does not match") from None
     except ValueError:
         raise InvalidNotification("The Stripe event is not JSON") from None
-    if event["type"] not in STRIPE_COMPLETING:
+    data = event.to_dict()  # plain dicts all the way down
+    if data["type"] not in STRIPE_COMPLETING:
         return None
-    session = event["data"]["object"]
+    session = data["data"]["object"]
     if session.get("payment_status") not in {"paid", "no_payment_required"}:
         return None  # async payments complete with checkout.session.async_payment_succeeded
     donation_id = session.get("client_reference_id") or (session.get("metadata") or {}).get(
@@ -255,7 +258,7 @@ def stripe_notice(settings: Settings, body: bytes, signature: str) -> Notice | N
     return Notice(
         provider="stripe",
         partner_donation_id=str(donation_id),
-        reference=str(session.get("id") or event["id"]),
+        reference=str(session.get("id") or data["id"]),
         amount_cents=None,  # amount_total includes the tip; the donation keeps its own amount
         currency=str(session["currency"]).upper() if session.get("currency") else None,
     )
