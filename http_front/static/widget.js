@@ -54,6 +54,22 @@
     });
   }
 
+  var STYLE = ".sir-widget{font-family:system-ui,sans-serif;max-width:360px;border:1px solid #dde;" +
+    "border-radius:10px;padding:14px;display:grid;gap:8px;background:#fff}" +
+    ".sir-widget .sir-title{font-weight:600}" +
+    ".sir-widget input{padding:8px;border:1px solid #ccd;border-radius:6px;font:inherit}" +
+    ".sir-widget .sir-donate{padding:10px;border:0;border-radius:6px;background:#635bff;" +
+    "color:#fff;font:inherit;cursor:pointer}.sir-widget .sir-donate:disabled{opacity:.6}" +
+    ".sir-widget .sir-status[data-state=error]{color:#b00020}" +
+    ".sir-widget .sir-status[data-state=completed]{color:#0a7d38;font-weight:600}";
+
+  function addStyle() {
+    if (document.getElementById("sir-widget-style")) return;
+    var style = el("style", { id: "sir-widget-style" });
+    style.textContent = STYLE;
+    document.head.appendChild(style);
+  }
+
   function mount(root) {
     var d = root.dataset;
     var config = {
@@ -159,6 +175,7 @@
   }
 
   function start() {
+    addStyle();
     var roots = document.querySelectorAll("[data-sir-donate]");
     for (var i = 0; i < roots.length; i++) mount(roots[i]);
   }

@@ -14,34 +14,28 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from engine.credentials import issue_keys
-from engine.crypto import SecretBox
-from engine.money import Tokens
 from engine.organization_import import upsert_organizations
-from engine.partners import create_partner
 from engine.payment_providers import (
     SIGNATURE_HEADER,
     checkout_token,
     provider_secret,
     sign_notice,
 )
-from engine.pools import allocate, create_pool
-from engine.scope import Scope
 from engine.settings import Settings
-from engine.signing import sign_request
-from engine.tables import actions, donations, outbox_events, partners
+from engine.tables import actions, donations, outbox_events
 from engine.wire import dumps
 from http_front.app import create_app
+from tests.support.donations import DonationPartner, make_donation_partner, signed
 
 ORGS = [
     {"slug": "american-red-cross", "name": "American Red Cross", "ein": "53-0196605"},
@@ -51,12 +45,8 @@ ORGS = [
 WHSEC = "whsec_" + "ab" * 16
 
 
-@dataclass
-class Partner:
-    id: str
-    pk: str
-    sk: str
-    hmac: str
+Partner = DonationPartner
+make_partner = make_donation_partner
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -65,48 +55,6 @@ async def client(settings: Settings, db: AsyncEngine) -> AsyncIterator[TestClien
         await upsert_organizations(conn, ORGS, actor="test")
     async with TestClient(TestServer(create_app(settings))) as test_client:
         yield test_client
-
-
-async def make_partner(
-    db: AsyncEngine,
-    box: SecretBox,
-    *,
-    features: tuple[str, ...] = ("ACTIONS", "DONATIONS"),
-    tips: dict[str, Any] | None = None,
-    environment: str = "sandbox",
-) -> Partner:
-    async with db.begin() as conn:
-        partner = await create_partner(
-            conn,
-            actor="test",
-            name=f"Donations {secrets.token_hex(3)}",
-            status="ACTIVE",
-            enabled_features=features,
-            action_types=("DONATION",),
-            stakeholder_types=("DONOR", "ORGANIZATION"),
-        )
-        if tips is not None:
-            await conn.execute(
-                update(partners).where(partners.c.id == partner["id"]).values(tip_config=tips)
-            )
-        scope = Scope(partner["id"], environment)  # type: ignore[arg-type]
-        pool = await create_pool(conn, scope, actor="test", name="main")
-        await allocate(conn, scope, actor="test", pool_id=pool["id"], amount=Tokens.parse("1000"))
-        keys = await issue_keys(
-            conn, box, actor="test", partner_id=partner["id"], environment=environment, name="k"
-        )  # type: ignore[arg-type]
-    return Partner(partner["id"], keys.public_key, keys.secret_key, keys.hmac_secret)
-
-
-def signed(partner: Partner, method: str, path: str, body: Any = None) -> dict[str, str]:
-    ts = str(int(time.time()))
-    data = dumps(body).encode() if body is not None else b""
-    return {
-        "X-Partner-Key": partner.sk,
-        "X-Timestamp": ts,
-        "X-Signature": sign_request(partner.hmac, ts, method, path, data),
-        **({"Content-Type": "application/json"} if body is not None else {}),
-    }
 
 
 def link_body(**changes: Any) -> dict[str, Any]:
