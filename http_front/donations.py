@@ -46,6 +46,27 @@ def base_url(request: web.Request) -> str:
         ProviderNotConfigured,
         ProviderUnavailable,
     ],
+    description="""\
+Answers 201 with the link to open. Decisions where the contract is silent:
+
+- `amount` in cents, tip excluded, 50 to 99,999,999 (Stripe's bounds); `currency` defaults to
+  USD, `frequency` to `once`. Every.org links take USD only.
+- The partner must have registered the DONATION action type and the DONOR and ORGANIZATION
+  stakeholder types: refused now (422) rather than after the donor has paid.
+- **Links.** `every.org`: Every.org's Donate Link (`https://www.every.org/<EIN or slug>#/donate?
+  amount=25.00&frequency=ONCE|MONTHLY&first_name&last_name&email&partner_donation_id`;
+  staging.every.org for sandbox keys). `stripe`: a Stripe Checkout Session when the deployment
+  has a Stripe key (`client_reference_id` = partnerDonationId; the tip is its own line; monthly
+  = a subscription); without one, sandbox gets the hosted test checkout and production is
+  refused (422 PROVIDER_NOT_CONFIGURED). If Stripe fails, 502 PROVIDER_UNAVAILABLE and the
+  donation is FAILED.
+- **Tips** need the partner's `tipConfig.enabled` (else 422); `tipAmount` (cents) or
+  `tipPercent` (0-100, 2 decimals), not both; neither: `defaultPercent`. Tips earn no tokens.
+- **The DONOR** is decided now: `partnerUserId` from a signed secret-key call; from a
+  publishable key only if that user exists with the donor's email (case-insensitive);
+  otherwise the user `email:<donorEmail lower-cased>`, created at completion.
+- `referralCode` is stored and echoed in `donation.completed`; it rewards no one.
+- A monthly donation is rewarded once, for the payment that completes it.""",
 )
 @widget_key
 @requires_feature("DONATIONS")

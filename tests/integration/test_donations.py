@@ -8,6 +8,7 @@ api.stripe.com (SIR_STRIPE_API_BASE), so the real `stripe` client sends the real
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -274,6 +275,32 @@ async def test_a_notice_completes_once_rewards_the_donor_and_records_the_event(
         ).all()
     assert keyed == 1
     assert len(events) == 1 and events[0].payload["partnerDonationId"] == donation_id
+
+
+async def test_concurrent_duplicate_notices_complete_once(client, settings, db, box):
+    partner = await make_partner(db, box)
+    _, created = await create(client, partner, link_body(amount=1000))
+    notice = {"partnerDonationId": created["partnerDonationId"], "chargeId": "ch_dup"}
+    answers = await asyncio.gather(
+        *[notify(client, settings, "every.org", notice) for _ in range(6)]
+    )
+    assert [status for status, _ in answers] == [200] * 6
+    assert sorted(ack["changed"] for _, ack in answers) == [False] * 5 + [True]
+    async with db.connect() as conn:
+        keyed = await conn.scalar(
+            select(func.count())
+            .select_from(actions)
+            .where(actions.c.idempotency_key == f"donation:{created['partnerDonationId']}")
+        )
+        events = await conn.scalar(
+            select(func.count())
+            .select_from(outbox_events)
+            .where(
+                outbox_events.c.partner_id == partner.id,
+                outbox_events.c.type == "donation.completed",
+            )
+        )
+    assert (keyed, events) == (1, 1)
 
 
 async def test_refused_notices_change_nothing(client, settings, db, box):
