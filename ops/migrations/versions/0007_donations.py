@@ -1,7 +1,7 @@
 """donations: what the widget's donation links and the providers' notifications need
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-03 11:00:00
 
 Additive only (nullable columns and an index), so the previous release keeps working.
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0005"  # was 0004 on the branch; chained after main's 0005 on rebase
 branch_labels = None
 depends_on = None
 
