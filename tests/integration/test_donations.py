@@ -303,6 +303,28 @@ async def test_concurrent_duplicate_notices_complete_once(client, settings, db, 
     assert (keyed, events) == (1, 1)
 
 
+async def test_a_refused_reward_still_completes_the_donation(client, settings, db, box):
+    # Given a pool of 1,000 tokens and a donation worth 999,999.99 of them
+    partner = await make_partner(db, box)
+    _, created = await create(client, partner, link_body(amount=99_999_999))
+    notice = {"partnerDonationId": created["partnerDonationId"], "chargeId": "ch_big"}
+    status, ack = await notify(client, settings, "every.org", notice)
+    assert (status, ack["changed"], ack["status"]) == (200, True, "COMPLETED")
+    path = f"/v1/partner/donations/status/{created['partnerDonationId']}"
+    async with client.get(path, headers={"X-Partner-Key": partner.pk}) as response:
+        state = await response.json()
+    assert state["status"] == "COMPLETED" and state["rewardError"] == "INSUFFICIENT_POOL"
+    assert state["actionId"] is None and state["donorTokens"] is None
+    async with db.connect() as conn:
+        event = await conn.scalar(
+            select(outbox_events.c.payload).where(
+                outbox_events.c.partner_id == partner.id,
+                outbox_events.c.type == "donation.completed",
+            )
+        )
+    assert event["rewardError"] == "INSUFFICIENT_POOL"
+
+
 async def test_refused_notices_change_nothing(client, settings, db, box):
     partner = await make_partner(db, box)
     _, created = await create(client, partner, link_body())
