@@ -350,3 +350,46 @@ class DuplicateVoucherCode(Conflict):
     """A voucher code already in the inventory of the product (codes are loaded once)."""
 
     code = "DUPLICATE_VOUCHER_CODE"
+
+
+# -- donations and payment providers (contract section 8) -----------------------------------------
+
+
+class ProviderNotConfigured(Unprocessable):
+    """A donation provider this deployment cannot serve here (e.g. `stripe` in production with
+    no SIR_STRIPE_SECRET_KEY: the test checkout never takes production money)."""
+
+    code = "PROVIDER_NOT_CONFIGURED"
+
+
+class ProviderUnavailable(SirError):
+    """The payment provider did not answer when the link was made; the donation is FAILED."""
+
+    name = "ProviderError"
+    code = "PROVIDER_UNAVAILABLE"
+    status = 502
+
+
+class UnknownProvider(NotFound):
+    """A notification to `/v1/providers/{provider}/notifications` for a provider we do not know."""
+
+    code = "UNKNOWN_PROVIDER"
+
+
+class InvalidProviderSignature(AuthenticationFailed):
+    """A provider notification whose signature is missing, stale or wrong: nothing changed."""
+
+    code = "INVALID_PROVIDER_SIGNATURE"
+
+
+class InvalidNotification(Unprocessable):
+    """A signed notification that does not fit its donation (other checkout, other currency,
+    no partnerDonationId): nothing changed."""
+
+    code = "INVALID_NOTIFICATION"
+
+
+class InvalidCheckoutToken(Forbidden):
+    """The test checkout link's token does not match its donation (forged or altered link)."""
+
+    code = "INVALID_CHECKOUT_TOKEN"

@@ -12,6 +12,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from engine.errors import ConfigError
@@ -35,6 +36,13 @@ class Settings:
         default_factory=tuple
     )
     log_level: str = "INFO"
+    # Donations (engine.donations, engine.payment_providers): see the README's configuration.
+    stripe_secret_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = ""
+    provider_secrets: tuple[tuple[str, str], ...] = ()
+    public_url: str = ""
+    everyorg_webhook_token: str = ""
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -124,6 +132,7 @@ def load_settings(
     level = env.get("SIR_LOG_LEVEL", "INFO").strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"SIR_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    donation_settings = _donation_settings(env)
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
@@ -134,4 +143,42 @@ def load_settings(
         webhook_allow_private=_bool(env, "SIR_WEBHOOK_ALLOW_PRIVATE", False),
         trusted_proxies=tuple(proxies),
         log_level=level,
+        **donation_settings,
     )
+
+
+def _donation_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """SIR_STRIPE_*, SIR_PROVIDER_SECRETS, SIR_PUBLIC_URL, SIR_EVERYORG_WEBHOOK_TOKEN."""
+    stripe_key = env.get("SIR_STRIPE_SECRET_KEY", "").strip()
+    if stripe_key and not stripe_key.startswith(("sk_test_", "sk_live_", "rk_test_", "rk_live_")):
+        raise ConfigError("SIR_STRIPE_SECRET_KEY must be a Stripe secret key (sk_test_/sk_live_)")
+    webhook_secret = env.get("SIR_STRIPE_WEBHOOK_SECRET", "").strip()
+    if stripe_key and not webhook_secret.startswith("whsec_"):
+        raise ConfigError(
+            "SIR_STRIPE_WEBHOOK_SECRET (whsec_...) is needed with SIR_STRIPE_SECRET_KEY"
+        )
+    secrets: list[tuple[str, str]] = []
+    for item in env.get("SIR_PROVIDER_SECRETS", "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.strip().partition("=")
+        if not sep or name.strip() not in {"every.org", "test"} or len(value.strip()) < 32:
+            raise ConfigError(
+                "SIR_PROVIDER_SECRETS: comma-separated every.org=SECRET / test=SECRET, "
+                "each secret at least 32 characters"
+            )
+        secrets.append((name.strip(), value.strip()))
+    public_url = env.get("SIR_PUBLIC_URL", "").strip().rstrip("/")
+    if public_url and urlsplit(public_url).scheme not in {"http", "https"}:
+        raise ConfigError(f"SIR_PUBLIC_URL must be an http(s):// URL, got {public_url!r}")
+    api_base = env.get("SIR_STRIPE_API_BASE", "").strip().rstrip("/")
+    if api_base and urlsplit(api_base).scheme not in {"http", "https"}:
+        raise ConfigError(f"SIR_STRIPE_API_BASE must be an http(s):// URL, got {api_base!r}")
+    return {
+        "stripe_secret_key": stripe_key,
+        "stripe_webhook_secret": webhook_secret,
+        "stripe_api_base": api_base,
+        "provider_secrets": tuple(secrets),
+        "public_url": public_url,
+        "everyorg_webhook_token": env.get("SIR_EVERYORG_WEBHOOK_TOKEN", "").strip(),
+    }

@@ -679,6 +679,16 @@ donations = Table(
     Column("action_id", String(24)),
     Column("completed_at", DateTime(timezone=True)),
     _created(),
+    # migration 0007 (engine.donations): who completes it, the tip percent, the DONOR's reward
+    Column("checkout", String(16)),
+    Column("tip_percent", Numeric(5, 2)),
+    Column("reward_tokens", BigInteger),
+    Column("reward_error", Text),
+    _updated(),
+    CheckConstraint(
+        "checkout IS NULL OR checkout IN ('every.org', 'stripe', 'test')", name="checkout"
+    ),
+    Index(None, "partner_id", "environment", "created_at"),
     CheckConstraint("amount_cents > 0", name="amount"),
     CheckConstraint("status IN ('CREATED', 'COMPLETED', 'FAILED')", name="status"),
     CheckConstraint("frequency IN ('once', 'monthly')", name="frequency"),

@@ -20,14 +20,17 @@ from http_front import (
     admin_marketplace,
     batches,
     campaigns,
+    donations,
     health,
     marketplace,
     openapi,
     pools,
     portal,
+    providers,
     transactions,
     users,
     webhooks,
+    widget,
 )
 from http_front.auth_partner import ensure_replay_epoch
 from http_front.keys import (
@@ -114,6 +117,9 @@ def create_app(settings: Settings) -> web.Application:
         webhooks,
         marketplace,
         admin_marketplace,
+        widget,
+        donations,
+        providers,
         openapi,
     ):
         module.add_routes(app)

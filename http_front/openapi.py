@@ -245,6 +245,14 @@ _CODE_NOTES = {
     "EMAIL_TAKEN": "A portal user with this email exists",
     "PARTNER_NOT_APPROVED": "Production keys need an ACTIVE partner",
     "WEBHOOK_ENDPOINT_INACTIVE": "The endpoint is disabled: nothing would be sent",
+    "PROVIDER_NOT_CONFIGURED": "This provider cannot take donations here (stripe in production "
+    "without a Stripe key)",
+    "PROVIDER_UNAVAILABLE": "The payment provider failed to make the link; the donation is FAILED",
+    "UNKNOWN_PROVIDER": "Not stripe, every.org or test",
+    "INVALID_PROVIDER_SIGNATURE": "Missing, stale (over 300 s) or wrong provider signature",
+    "INVALID_NOTIFICATION": "The notice does not fit its donation (other checkout, other "
+    "currency, no partnerDonationId)",
+    "INVALID_CHECKOUT_TOKEN": "The test checkout link's token does not match its donation",
 }
 
 _SECRET_REFUSALS: tuple[type[SirError], ...] = (
@@ -298,6 +306,9 @@ _TAGS = {
     "pools": "Token pools",
     "transactions": "Transactions",
     "webhooks": "Webhooks",
+    "widget": "Widget",
+    "donations": "Widget",
+    "providers": "Payment providers",
     "portal": "Portal",
     "admin": "Operator",
     "marketplace": "Marketplace",
@@ -322,6 +333,8 @@ _PATH_PARAMS = {
     "order_id": "The order's id",
     "day": "A UTC day, YYYY-MM-DD",
     "drift_id": "The reconciliation finding's id",
+    "donation_id": "The partnerDonationId create-link answered",
+    "provider": "stripe, every.org or test",
 }
 
 
@@ -954,6 +967,47 @@ EXAMPLES: dict[tuple[str, str], dict[Any, Any]] = {
     },
 }
 
+
+EXAMPLES.update(  # widget and donations (contract 8)
+    {
+        ("POST", "/v1/partner/donations/create-link"): {
+            "request": {
+                "nonprofitSlug": "american-red-cross",
+                "amount": 2500,
+                "currency": "USD",
+                "frequency": "once",
+                "provider": "every.org",
+                "donorEmail": "jane@example.com",
+                "firstName": "Jane",
+                "lastName": "Doe",
+                "partnerUserId": "user_42",
+            },
+            201: {
+                "donationLink": "https://www.every.org/530196605#/donate?amount=25.00"
+                "&frequency=ONCE&first_name=Jane&last_name=Doe&email=jane%40example.com"
+                "&partner_donation_id=65f1a2b3c4d5e6f708192a3b",
+                "partnerDonationId": "65f1a2b3c4d5e6f708192a3b",
+            },
+        },
+        ("GET", "/v1/partner/donations/status/{donationId}"): {
+            200: {
+                "partnerDonationId": "65f1a2b3c4d5e6f708192a3b",
+                "status": "COMPLETED",
+                "amount": 2500,
+                "currency": "USD",
+                "frequency": "once",
+                "provider": "every.org",
+                "nonprofitSlug": "american-red-cross",
+                "tipAmount": 0,
+                "createdAt": "2026-12-03T10:00:00Z",
+                "completedAt": "2026-12-03T10:02:11Z",
+                "actionId": "65f1a2b3c4d5e6f708192a40",
+                "donorTokens": 12.5,
+                "rewardError": None,
+            },
+        },
+    }
+)
 
 NOTES.update(
     {

@@ -306,6 +306,45 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_organizations_import(args: argparse.Namespace) -> int:
+    """`admin organizations import FILE.csv`: validate, then upsert by slug (idempotent)."""
+    from pathlib import Path
+
+    from engine.db import create_engine
+    from ops.organizations_import import ImportRefused, import_file
+
+    settings = load_settings(need_redis=False, need_master_key=False)
+
+    async def run() -> Any:
+        db = create_engine(settings.database_url, pool_size=1, max_overflow=0)
+        try:
+            return await import_file(db, Path(args.file), actor=f"cli:{args.actor}")
+        finally:
+            await db.dispose()
+
+    try:
+        counts = asyncio.run(run())
+    except ImportRefused as exc:
+        for line in exc.errors:
+            print(f"sir-engine: {line}", file=sys.stderr)
+        print(f"sir-engine: nothing imported ({len(exc.errors)} problem(s))", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {"inserted": counts.inserted, "updated": counts.updated, "unchanged": counts.unchanged}
+        )
+    )
+    return 0
+
+
+def cmd_provider_secret(args: argparse.Namespace) -> int:
+    """The shared secret a payment provider (every.org, test) signs its notices with."""
+    from engine.payment_providers import provider_secret
+
+    print(provider_secret(load_settings(need_redis=False), args.provider))
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -415,6 +454,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--name", default="default")
     k.add_argument("--expires-at", default=None, help="RFC 3339 time")
     k.set_defaults(func=cmd_admin)
+
+    orgs = admin_sub.add_parser("organizations", help="the nonprofit directory")
+    orgs_sub = orgs.add_subparsers(dest="organizations_command", required=True)
+    imp = orgs_sub.add_parser(
+        "import", help="upsert organizations by slug from a CSV (name, slug, ein, logoUrl)"
+    )
+    imp.add_argument("file", help="CSV file with a header row")
+    imp.set_defaults(func=cmd_organizations_import)
+
+    secret = sub.add_parser(
+        "provider-secret",
+        help="print the shared secret a payment provider signs its notifications with",
+    )
+    secret.add_argument("provider", choices=("every.org", "test"))
+    secret.set_defaults(func=cmd_provider_secret)
 
     for name, helptext in (
         ("pool-create", "create a token pool"),

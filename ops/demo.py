@@ -10,23 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from engine.credentials import issue_keys
 from engine.crypto import SecretBox
 from engine.money import Tokens
-from engine.organizations import create_organization
+from engine.organization_import import upsert_organizations
 from engine.partners import create_partner
 from engine.pools import allocate, create_pool
 from engine.scope import Scope
-from engine.tables import organizations, partners
+from engine.tables import partners
+from ops.organizations_import import SEED_CSV, read_rows
 
 DEMO_SLUG = "demo-partner"
-# A few real, well-known US nonprofits (public EINs), so ORGANIZATION stakeholders work at once.
-DEMO_ORGANIZATIONS = (
-    {"slug": "american-red-cross", "name": "American Red Cross", "ein": "53-0196605"},
-    {
-        "slug": "doctors-without-borders-usa",
-        "name": "Doctors Without Borders USA",
-        "ein": "13-3433452",
-    },
-    {"slug": "feeding-america", "name": "Feeding America", "ein": "36-3673599"},
-)
 DEMO_POOL_FUNDING = Tokens.parse("1000000")
 
 
@@ -60,12 +51,8 @@ async def bootstrap_demo(db: AsyncEngine, box: SecretBox) -> dict[str, Any]:
             name="demo sandbox key",
         )
         pool = await create_pool(conn, scope, actor="sir-engine dev", name="Demo pool")
-        for fields in DEMO_ORGANIZATIONS:
-            known = await conn.execute(
-                select(organizations.c.id).where(organizations.c.slug == fields["slug"])
-            )
-            if known.first() is None:
-                await create_organization(conn, actor="sir-engine dev", fields=dict(fields))
+        # The seed directory (ops/seed/organizations.csv): real, well-known US nonprofits.
+        await upsert_organizations(conn, read_rows(SEED_CSV), actor="sir-engine dev")
         await allocate(
             conn,
             scope,

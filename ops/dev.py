@@ -225,6 +225,10 @@ def _banner(
             "",
             "A signed request (valid for 5 minutes; `sir-engine sign GET /v1/partner/users` makes a fresh one):",
             "  " + signed_curl(creds, base_url, "GET", "/v1/partner/users"),
+            "",
+            "Donate widget (paste into any HTML page; sandbox pays on the test checkout):",
+            f'  <div data-sir-donate data-key="{creds["publishableKey"]}" data-nonprofit="american-red-cross"'
+            f' data-amount="2500" data-provider="stripe"></div><script src="{base_url}/widget.js"></script>',
         ]
     else:
         lines += [
