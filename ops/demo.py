@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from engine import catalog
 from engine.credentials import issue_keys
 from engine.crypto import SecretBox
 from engine.money import Tokens
@@ -16,6 +18,10 @@ from engine.pools import allocate, create_pool
 from engine.scope import Scope
 from engine.tables import partners
 from ops.organizations_import import SEED_CSV, read_rows
+from schemas.marketplace import products_from_csv
+
+# A small demo catalog (generic products; the sandbox vendor fulfils orders for them).
+CATALOG_CSV = Path(__file__).resolve().parent / "seed" / "catalog.csv"
 
 DEMO_SLUG = "demo-partner"
 DEMO_POOL_FUNDING = Tokens.parse("1000000")
@@ -53,6 +59,10 @@ async def bootstrap_demo(db: AsyncEngine, box: SecretBox) -> dict[str, Any]:
         pool = await create_pool(conn, scope, actor="sir-engine dev", name="Demo pool")
         # The seed directory (ops/seed/organizations.csv): real, well-known US nonprofits.
         await upsert_organizations(conn, read_rows(SEED_CSV), actor="sir-engine dev")
+        for _, product in products_from_csv(CATALOG_CSV.read_text()):
+            if isinstance(product, Exception):
+                raise product  # the shipped file is valid; a broken edit must not pass silently
+            await catalog.upsert_by_sku(conn, actor="sir-engine dev", fields=product.columns())
         await allocate(
             conn,
             scope,

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 from sqlalchemy import select
 
-from engine.tables import api_keys, partners
+from engine.tables import api_keys, catalog_products, partners
 from tests.conftest import ROOT, free_port
 
 
@@ -110,6 +110,12 @@ async def test_dev_on_configured_servers(services, db, tmp_path):
             .mappings()
             .one()
         )
+        demo_skus = (
+            await conn.execute(
+                select(catalog_products.c.sku).where(catalog_products.c.sku.like("demo-%"))
+            )
+        ).scalars()
+        assert sorted(demo_skus) == ["demo-books", "demo-cinema", "demo-coffee", "demo-groceries"]
     assert (
         demo["status"] == "ACTIVE"
         and key["partner_id"] == demo["id"]
