@@ -7,8 +7,8 @@ price in tokens; both are exact (Decimal face values, micro-token prices).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -209,3 +209,37 @@ def orderable_denomination(product: dict[str, Any], face_value: Decimal) -> Deno
         "This denomination of the product is not available",
         details={"productId": product["id"], "faceValue": face_value},
     )
+
+
+@dataclass
+class ImportResult:
+    created: int = 0
+    updated: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {line, error}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"created": self.created, "updated": self.updated, "rejected": self.rejected}
+
+
+async def import_products(
+    conn: AsyncConnection,
+    *,
+    actor: str,
+    rows: Iterable[tuple[int, dict[str, Any] | ValidationFailed]],
+    result: ImportResult,
+) -> ImportResult:
+    """Upsert parsed CSV rows by `sku`, each in its own savepoint: a refused row (parse error
+    or rule) is listed with its line and the others go in. Adds to `result` and returns it."""
+    for line, parsed in rows:
+        if isinstance(parsed, ValidationFailed):
+            result.rejected.append({"line": line, "error": parsed.fields})
+            continue
+        try:
+            async with conn.begin_nested():
+                _, created = await upsert_by_sku(conn, actor=actor, fields=parsed)
+        except ValidationFailed as refused:
+            result.rejected.append({"line": line, "error": refused.fields})
+            continue
+        result.created += created
+        result.updated += not created
+    return result

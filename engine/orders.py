@@ -45,6 +45,7 @@ from engine.outbox import Event, record_events
 from engine.pagination import Page, fetch_page
 from engine.scope import Scope
 from engine.tables import ORDER_STATUSES, orders
+from engine.users import get_user
 from engine.vendors import VendorRequest, VendorResult, Vendors, vendor_name_for
 from engine.vouchers import allocate, issue_from_vendor, vouchers_of
 from engine.wire import dumps
@@ -287,17 +288,7 @@ async def place_order(
         original = await _claim_key(conn, scope, idempotency_key, request_hash)
         if original is not None:
             return original, True
-        user_id = (
-            await conn.execute(
-                text(
-                    "SELECT id FROM partner_users WHERE partner_id = :partner_id "
-                    "AND environment = :environment AND external_user_id = :external"
-                ),
-                {**scope.params, "external": external_user_id},
-            )
-        ).scalar_one_or_none()
-        if user_id is None:
-            raise NotFound(f"user {external_user_id} not found")
+        user_id = (await get_user(conn, scope, external_user_id)).id  # NotFound
         try:
             product = await get_product(conn, product_id)
         except NotFound:

@@ -14,7 +14,6 @@ from engine.errors import (
     DuplicateVoucherCode,
     NotFound,
     OrderNotCancellable,
-    ValidationFailed,
 )
 from engine.pagination import read_page
 from http_front.auth_operator import OPERATOR, operator_required
@@ -35,8 +34,8 @@ from schemas.marketplace import (
     ProductPatch,
     SandboxVendorOut,
     SandboxVendorPatch,
+    catalog_rows,
     product_json,
-    products_from_csv,
     sandbox_vendor_json,
 )
 
@@ -122,25 +121,12 @@ async def patch_product(request: web.Request) -> web.Response:
 async def import_products(request: web.Request) -> web.Response:
     if request.content_type not in ("text/csv", "text/plain"):
         raise UnsupportedMediaType("Send the catalog as text/csv")
-    text_body = await request.text()
-    created = updated = 0
-    rejected = []
+    rows = catalog_rows(await request.text())
     async with request.app[DB].begin() as conn:
-        for line, parsed in products_from_csv(text_body):
-            if isinstance(parsed, ValidationFailed):
-                rejected.append({"line": line, "error": parsed.fields})
-                continue
-            try:
-                async with conn.begin_nested():
-                    _, was_created = await catalog.upsert_by_sku(
-                        conn, actor=request[OPERATOR], fields=parsed.columns()
-                    )
-            except ValidationFailed as refused:
-                rejected.append({"line": line, "error": refused.fields})
-                continue
-            created += was_created
-            updated += not was_created
-    return json_response({"created": created, "updated": updated, "rejected": rejected})
+        result = await catalog.import_products(
+            conn, actor=request[OPERATOR], rows=rows, result=catalog.ImportResult()
+        )
+    return json_response(result.to_json())
 
 
 @documented(

@@ -18,7 +18,7 @@ from engine.pools import allocate, create_pool
 from engine.scope import Scope
 from engine.tables import partners
 from ops.organizations_import import SEED_CSV, read_rows
-from schemas.marketplace import products_from_csv
+from schemas.marketplace import catalog_rows
 
 # A small demo catalog (generic products; the sandbox vendor fulfils orders for them).
 CATALOG_CSV = Path(__file__).resolve().parent / "seed" / "catalog.csv"
@@ -59,10 +59,14 @@ async def bootstrap_demo(db: AsyncEngine, box: SecretBox) -> dict[str, Any]:
         pool = await create_pool(conn, scope, actor="sir-engine dev", name="Demo pool")
         # The seed directory (ops/seed/organizations.csv): real, well-known US nonprofits.
         await upsert_organizations(conn, read_rows(SEED_CSV), actor="sir-engine dev")
-        for _, product in products_from_csv(CATALOG_CSV.read_text()):
-            if isinstance(product, Exception):
-                raise product  # the shipped file is valid; a broken edit must not pass silently
-            await catalog.upsert_by_sku(conn, actor="sir-engine dev", fields=product.columns())
+        imported = await catalog.import_products(
+            conn,
+            actor="sir-engine dev",
+            rows=catalog_rows(CATALOG_CSV.read_text()),
+            result=catalog.ImportResult(),
+        )
+        if imported.rejected:  # the shipped file is valid; a broken edit must not pass silently
+            raise ValueError(f"ops/seed/catalog.csv: {imported.rejected}")
         await allocate(
             conn,
             scope,

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from engine.errors import SirError, ValidationFailed
+from engine.errors import SirError
 from engine.settings import load_settings
 
 BATCH = 500
@@ -29,11 +29,10 @@ async def import_catalog(
 
     from engine import catalog
     from engine.db import create_engine
-    from schemas.marketplace import products_from_csv
+    from schemas.marketplace import catalog_rows
 
-    rows = list(products_from_csv(csv_text))
-    created = updated = 0
-    rejected: list[dict[str, Any]] = []
+    rows = catalog_rows(csv_text)
+    result = catalog.ImportResult()
     db = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
         with tqdm(
@@ -44,25 +43,13 @@ async def import_catalog(
             disable=(not sys.stderr.isatty() if progress is None else not progress),
         ) as bar:
             for start in range(0, len(rows), BATCH):
+                chunk = rows[start : start + BATCH]
                 async with db.begin() as conn:
-                    for line, parsed in rows[start : start + BATCH]:
-                        if isinstance(parsed, ValidationFailed):
-                            rejected.append({"line": line, "error": parsed.fields})
-                            continue
-                        try:
-                            async with conn.begin_nested():
-                                _, was_created = await catalog.upsert_by_sku(
-                                    conn, actor=actor, fields=parsed.columns()
-                                )
-                        except ValidationFailed as refused:
-                            rejected.append({"line": line, "error": refused.fields})
-                            continue
-                        created += was_created
-                        updated += not was_created
-                bar.update(len(rows[start : start + BATCH]))
+                    await catalog.import_products(conn, actor=actor, rows=chunk, result=result)
+                bar.update(len(chunk))
     finally:
         await db.dispose()
-    return {"created": created, "updated": updated, "rejected": rejected}
+    return result.to_json()
 
 
 def cmd_catalog_import(args: argparse.Namespace) -> int:

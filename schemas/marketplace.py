@@ -151,6 +151,14 @@ CSV_COLUMNS = (
 )
 
 
+def catalog_rows(text: str) -> list[tuple[int, dict[str, Any] | ValidationFailed]]:
+    """`products_from_csv` as `engine.catalog.import_products` takes it (engine columns)."""
+    return [
+        (line, parsed if isinstance(parsed, ValidationFailed) else parsed.columns())
+        for line, parsed in products_from_csv(text)
+    ]
+
+
 def products_from_csv(text: str) -> Iterator[tuple[int, ProductCreate | ValidationFailed]]:
     """Parse a catalog CSV: one product per row, header `CSV_COLUMNS` (sku required: the import
     upserts by it); `denominations` as `faceValue:tokenPrice` pairs separated by `;`
