@@ -839,7 +839,7 @@ def build_document(app: web.Application) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "SIR rewards engine API", "version": _version(), "description": _INFO},
-        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
         "tags": [{"name": t} for t in dict.fromkeys(_TAGS.values()) if t in used_tags],
         "paths": paths,
         "components": {

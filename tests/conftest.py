@@ -80,6 +80,21 @@ async def _admin_sql(server_url: str, *statements: str) -> None:
         await conn.close()
 
 
+def _drop_database(server_url: str, name: str) -> None:
+    """DROP the session's database, retried on a fresh connection if the connection is lost
+    under it. Seen intermittently: the connection closed mid-statement with nothing in
+    PostgreSQL's log, so the close came from this process (suspected: the finaliser of a
+    connection left by an event loop a test closed). The drop is idempotent."""
+    for attempt in range(3):
+        try:
+            asyncio.run(_admin_sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except (asyncpg.exceptions.ConnectionDoesNotExistError, ConnectionError):
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     server_db = os.environ.get("DATABASE_URL")
@@ -113,7 +128,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         print(f"\nsession ledger: {verdict.stdout.strip()}")
         assert verdict.returncode == 0, verdict.stdout + verdict.stderr
     finally:
-        asyncio.run(_admin_sql(server_db, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop_database(server_db, name)
         if embedded is not None:
             embedded.stop()
 
