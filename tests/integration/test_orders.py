@@ -443,3 +443,42 @@ async def test_a_key_older_than_24_hours_is_forgotten(db, box, make_partner):
             {"p": p.scope.partner_id},
         )
         assert [r[0] for r in left] == ["key-aged-0001"]
+
+
+async def test_a_worker_killed_after_the_vendor_call_issues_nothing_twice(db, box, make_partner):
+    """The vendor answered but the worker died before recording it: the lease runs out, the
+    pick-up claims the order again, the vendor (deduplicating on the order id) answers the same
+    codes, and they are recorded once."""
+    from datetime import UTC, datetime
+
+    p = await make_partner(funding="1000")
+    product = await _product(db)
+    await _fund(db, p.scope, "u1", "100")
+    await _vendor(db, mode="instant")
+    registry = vendors.Vendors(db, box)
+    order, _ = await _place(db, p.scope, "u1", product, quantity=2)
+
+    # Given a worker that claimed the order, called the vendor, and died
+    request, vendor_name = await orders._begin(db, order["id"])
+    first = await registry.named(vendor_name).place(request)
+    assert first.status == "FULFILLED" and len(first.codes) == 2
+    async with db.begin() as conn:
+        assert order["id"] not in await orders.claim_due(conn, datetime.now(UTC), 100)  # leased
+        later = datetime.now(UTC) + orders.LEASE + orders.LEASE
+        assert order["id"] in await orders.claim_due(conn, later, 100)
+
+    # When another worker takes it up
+    assert await orders.process_order(db, box, registry, order["id"]) == "DELIVERED"
+
+    # Then the same two codes, issued once; one vendor record; the price paid once
+    async with db.connect() as conn:
+        issued = (await vouchers.vouchers_of(conn, p.scope, [order["id"]]))[order["id"]]
+        records = await conn.execute(
+            text("SELECT count(*) FROM vendor_orders WHERE request_id = :o"), {"o": order["id"]}
+        )
+        assert records.scalar_one() == 1
+    assert sorted(vouchers.reveal(box, v)["code"] for v in issued) == sorted(
+        c.code for c in first.codes
+    )
+    assert await _available(db, p.scope, "u1") == T("80").micro
+    await _clean(db, p.scope)
