@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from http_front.keys import DB, REDIS
@@ -56,6 +58,14 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 @documented("Prometheus metrics", auth="none", responses={200: "text/plain"})
 async def metrics(request: web.Request) -> web.Response:
-    response = web.Response(body=generate_latest())
+    # `serve --processes N` puts its children in Prometheus multiprocess mode: the port is
+    # shared, so any child must answer for all of them (counters summed across processes).
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest()
+    response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -14,6 +14,11 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 AUTH_FAILURES = Counter("sir_auth_failures_total", "Refused authentications", ["code"])
+DEPENDENCY_ERRORS = Counter(
+    "sir_http_dependency_errors_total",
+    "Requests that failed on a database or Redis error (answered 503 or 500)",
+    ["dependency"],  # database, redis
+)
 
 
 def route_class(path: str) -> str:

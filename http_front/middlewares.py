@@ -19,8 +19,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from engine.errors import ServiceUnavailable, SirError
+from engine.faults import dependency_of
 from engine.wire import dumps
-from http_front.metrics import LATENCY, REQUESTS, route_class
+from http_front.metrics import DEPENDENCY_ERRORS, LATENCY, REQUESTS, route_class
 
 log = logging.getLogger("sir.http")
 
@@ -70,12 +71,21 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     return response
 
 
+def _count_dependency_error(exc: BaseException) -> None:
+    """Database and Redis failures feed `sir_http_dependency_errors_total` (the DB-errors alert)."""
+    dependency = dependency_of(exc)
+    if dependency is not None:
+        DEPENDENCY_ERRORS.labels(dependency).inc()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map every failure to `{"error": {name, code, message, details}}`; never leak internals."""
     try:
         return await handler(request)
     except SirError as exc:
+        if isinstance(exc, ServiceUnavailable):
+            _count_dependency_error(exc)
         response = error_response(exc.status, exc.name, exc.code, exc.message, exc.details)
         if isinstance(exc, ServiceUnavailable):
             response.headers["Retry-After"] = "5"
@@ -103,6 +113,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         RedisConnectionError,
         RedisTimeoutError,
     ) as exc:
+        _count_dependency_error(exc)
         log.warning("dependency unreachable: %s", type(exc).__name__)
         response = error_response(
             503,
@@ -113,6 +124,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response.headers["Retry-After"] = "5"
         return response
     except DBAPIError as exc:
+        _count_dependency_error(exc)
         if exc.connection_invalidated:
             response = error_response(
                 503,

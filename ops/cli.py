@@ -50,6 +50,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     host = args.host or settings.host
     port = args.port or settings.port
+    if args.processes > 1:
+        from ops.front_processes import supervise
+
+        return supervise(args.processes, host, port)
     # reuse_port lets several `serve` processes share one port behind the kernel's balancer.
     web.run_app(
         create_app(settings),
@@ -348,6 +352,13 @@ def cmd_provider_secret(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------------
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sir-engine", description="The SIR rewards engine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -385,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument(
         "--reuse-port", action="store_true", help="share the port with other serve processes"
+    )
+    serve.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="front processes on one port (SO_REUSEPORT); the parent forwards SIGTERM/SIGINT "
+        "and exits when they do, restarting none (default 1)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -18,16 +18,24 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Retries
 from dramatiq.middleware.asyncio import AsyncIO
+from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from engine.errors import ConfigError, ServiceUnavailable, SirError
+from engine.faults import dependency_of
 
 QUEUES = ("distribution", "webhooks", "sweeps", "maintenance", "orders")
 MAX_RETRIES = 20
 MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 5 * 60_000
+
+DEPENDENCY_ERRORS = Counter(
+    "sir_worker_dependency_errors_total",
+    "Actor runs that failed on a database or Redis error (retried)",
+    ["dependency"],  # database, redis
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -61,6 +69,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def should_retry(retries: int, exc: BaseException) -> bool:
+    # Dramatiq asks once per failed run: the place to count the DB-errors alert's failures.
+    dependency = dependency_of(exc)
+    if dependency is not None:
+        DEPENDENCY_ERRORS.labels(dependency).inc()
     return retries <= MAX_RETRIES and is_transient(exc)
 
 

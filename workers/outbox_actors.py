@@ -25,7 +25,9 @@ log = logging.getLogger("sir.workers.outbox")
 MAX_BATCHES_PER_RUN = 40
 RELAYED = Counter("sir_outbox_events_relayed_total", "Outbox events relayed to webhook deliveries")
 LAG = Gauge(
-    "sir_outbox_lag_seconds", "Age of the oldest event not yet relayed", multiprocess_mode="max"
+    "sir_outbox_lag_seconds",
+    "Age of the oldest event not yet relayed",
+    multiprocess_mode="mostrecent",  # the last relay's figure, not another process's stale one
 )
 
 

@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import dramatiq
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import sweeps
+from engine.health import pool_health
 from workers import runtime
 from workers.broker import broker  # noqa: F401 - configures the global broker first
 from workers.ticks import Tick
@@ -32,6 +33,20 @@ TIME_LIMIT_MS = 10 * 60 * 1000
 
 SWEPT = Counter("sir_sweep_rows_total", "Rows handled by the sweeps", ["sweep"])
 BATCHES = Counter("sir_sweep_batches_total", "Sweep batches committed", ["sweep"])
+# "mostrecent": the figure of whichever worker process ran the tick last, not a stale maximum
+# left behind by another process.
+POOLS_BELOW_THRESHOLD = Gauge(
+    "sir_pools_below_threshold",
+    "Open token pools whose balance is below their low-balance threshold",
+    ["environment"],
+    multiprocess_mode="mostrecent",
+)
+POOLS_EXHAUSTED = Gauge(
+    "sir_pools_exhausted",
+    "Token pools in status EXHAUSTED",
+    ["environment"],
+    multiprocess_mode="mostrecent",
+)
 
 Sweep = Callable[[AsyncConnection, datetime, int], Awaitable[int]]
 
@@ -78,8 +93,13 @@ async def refill_pools() -> None:
 
 @dramatiq.actor(queue_name=QUEUE, time_limit=TIME_LIMIT_MS)
 async def check_low_balances() -> None:
-    """Alert pools below their low-balance threshold, once per crossing."""
+    """Alert pools below their low-balance threshold, once per crossing; export the counts."""
     await run_sweep("check_low_balances", sweeps.check_low_balances, batch_size=100)
+    async with runtime.database().connect() as conn:
+        health = await pool_health(conn)
+    for environment, figures in health.items():
+        POOLS_BELOW_THRESHOLD.labels(environment).set(figures.below_threshold)
+        POOLS_EXHAUSTED.labels(environment).set(figures.exhausted)
 
 
 @dramatiq.actor(queue_name=QUEUE, time_limit=TIME_LIMIT_MS)
