@@ -17,6 +17,7 @@ import yaml
 from ops.cli import build_parser
 from ops.grafana import build as dashboard
 from tests.conftest import ROOT
+from workers.broker import QUEUES
 
 OPS = ROOT / "ops"
 RULES = OPS / "alerts" / "sir-engine.rules.yml"
@@ -131,6 +132,7 @@ def test_systemd_units_start_real_commands_and_pass_systemd_analyze(tmp_path):
         "sir-engine-worker-distribution.service",
         "sir-engine-worker-webhooks.service",
         "sir-engine-worker-background.service",
+        "sir-engine-worker-orders.service",
     }
     started: set[str] = set()
     queues: list[str] = []
@@ -142,7 +144,7 @@ def test_systemd_units_start_real_commands_and_pass_systemd_analyze(tmp_path):
         if argv[1] == "worker":
             queues += build_parser().parse_args(argv[1:]).queues
     assert started == PROCESS_COMMANDS
-    assert sorted(queues) == sorted(("distribution", "webhooks", "sweeps", "maintenance"))
+    assert sorted(queues) == sorted(QUEUES)  # every queue has exactly one worker group
     assert "Type=oneshot" in (OPS / "systemd" / "sir-engine-migrate.service").read_text()
     # systemd's own verifier, with the binary pointed at this checkout's real console script.
     sir_engine = str(Path(sys.executable).parent / "sir-engine")
@@ -189,7 +191,7 @@ def test_the_compose_file_runs_every_process_on_postgres_and_redis():
             # Nothing starts before the migrations have finished.
             assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert started == PROCESS_COMMANDS
-    assert sorted(queues) == sorted(("distribution", "webhooks", "sweeps", "maintenance"))
+    assert sorted(queues) == sorted(QUEUES)  # every queue has exactly one worker group
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
