@@ -76,6 +76,8 @@ def supervise(processes: int, host: str, port: int) -> int:
     failed = False
     try:
         for _ in range(processes):
+            if stopping:  # a signal while starting: start no more
+                break
             children.append(
                 subprocess.Popen(  # noqa: S603 - our own CLI
                     child_command(host, port),
