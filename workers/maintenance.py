@@ -14,6 +14,7 @@ from sqlalchemy import text
 from engine.verify import verify_ledger
 from workers import runtime
 from workers.broker import QUEUES, broker
+from workers.tick_metrics import mark
 from workers.ticks import Tick
 
 log = logging.getLogger("sir.workers")
@@ -73,6 +74,7 @@ def measure_queues() -> None:
         QUEUE_DEPTH.labels(queue).set(int(ready) + int(delayed))
         QUEUE_OLDEST_AGE.labels(queue).set(_oldest_age_seconds(client, queue, now_ms))
         DEAD_LETTERS.labels(queue).set(int(client.zcard(f"dramatiq:{queue}.XQ")))
+    mark("measure_queues")
 
 
 def _oldest_age_seconds(client, queue: str, now_ms: float) -> float:  # type: ignore[no-untyped-def]

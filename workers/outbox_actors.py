@@ -18,6 +18,7 @@ from prometheus_client import Counter, Gauge
 from engine.relay import outbox_lag_seconds, relay_pending
 from workers import runtime
 from workers.broker import broker
+from workers.tick_metrics import mark
 from workers.ticks import Tick
 
 log = logging.getLogger("sir.workers.outbox")
@@ -65,6 +66,7 @@ async def relay_outbox() -> None:
             break
     async with db.connect() as conn:
         LAG.set(await outbox_lag_seconds(conn, datetime.now(UTC)))
+    mark("outbox_relay")
 
 
 TICKS = [

@@ -22,6 +22,7 @@ from engine import sweeps
 from engine.health import pool_health
 from workers import runtime
 from workers.broker import broker  # noqa: F401 - configures the global broker first
+from workers.tick_metrics import mark
 from workers.ticks import Tick
 
 log = logging.getLogger("sir.workers.sweeps")
@@ -100,6 +101,7 @@ async def check_low_balances() -> None:
     for environment, figures in health.items():
         POOLS_BELOW_THRESHOLD.labels(environment).set(figures.below_threshold)
         POOLS_EXHAUSTED.labels(environment).set(figures.exhausted)
+    mark("check_low_balances")
 
 
 @dramatiq.actor(queue_name=QUEUE, time_limit=TIME_LIMIT_MS)

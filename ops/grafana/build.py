@@ -142,6 +142,12 @@ SECTIONS: list[tuple[str, list[Panel]]] = [
                 "Domain errors are never retried; transient ones are, with backoff, up to 20 times.",
             ),
             (
+                "Seconds since each sampling tick ran",
+                [("{{tick}}", "time() - max by (tick) (sir_tick_last_run_timestamp_seconds)")],
+                "s",
+                "Queue, outbox and pool gauges freeze when their tick stops (alert SirTicksStale over 5 min).",
+            ),
+            (
                 "Dead letters per queue",
                 [("{{queue}}", "max by (queue) (sir_dead_letters)")],
                 "short",

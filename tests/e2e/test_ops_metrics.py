@@ -38,6 +38,7 @@ NEEDS_A_FAULT = {
     "dramatiq_message_retries_total",  # a transient actor failure
     "sir_ledger_problems",  # the audit runs every 15 minutes
 }
+TICKS = ("measure_queues", "outbox_relay", "check_low_balances")
 _NAME = re.compile(r"\b(?:sir|dramatiq)_[a-z0-9_]+\b")
 
 
@@ -226,6 +227,10 @@ async def test_every_metric_the_alerts_and_dashboard_name_is_exported(
                 and _value(worker, "sir_pools_below_threshold", environment="sandbox")
                 and "sir_worker_dependency_errors_total" in worker
                 and "sir_outbox_lag_seconds" in worker
+                and all(
+                    _value(worker, "sir_tick_last_run_timestamp_seconds", tick=tick)
+                    for tick in TICKS
+                )
             ):
                 break
             await asyncio.sleep(0.5)
@@ -245,6 +250,9 @@ async def test_every_metric_the_alerts_and_dashboard_name_is_exported(
         for queue in ("distribution", "webhooks", "sweeps", "maintenance"):
             assert _value(worker, "sir_queue_depth", queue=queue) is not None
             assert _value(worker, "sir_queue_oldest_message_age_seconds", queue=queue) is not None
+        for tick in TICKS:  # each sampling tick stamped its last run just now
+            stamp = _value(worker, "sir_tick_last_run_timestamp_seconds", tick=tick)
+            assert stamp is not None and abs(time.time() - stamp) < 120, (tick, stamp)
         assert _value(front, "sir_auth_failures_total", code="AUTH_REQUIRED") >= 1
         assert (
             _value(front, "sir_http_requests_total", route_class="partner:actions", status="200")
