@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ARRAY, BigInteger, Integer, bindparam, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine import audit
@@ -30,6 +31,7 @@ from engine.accounts import singleton_account, wallet
 from engine.catalog import CENT, get_product, orderable_denomination
 from engine.crypto import SecretBox
 from engine.errors import (
+    IdempotencyInProgress,
     IdempotencyKeyReused,
     InsufficientBalance,
     NotFound,
@@ -51,7 +53,8 @@ from engine.vouchers import allocate, issue_from_vendor, vouchers_of
 from engine.wire import dumps
 
 KEY_TTL = timedelta(hours=24)  # contract: order idempotency keys are kept 24 hours
-LEASE = timedelta(seconds=60)  # a claimed order waits this long before it counts as lost
+LEASE = timedelta(seconds=60)
+IN_FLIGHT_WAIT = "5s"  # how long an order waits for another one holding its Idempotency-Key  # a claimed order waits this long before it counts as lost
 OPEN = ("PENDING", "PROCESSING")
 _REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud to support
 
@@ -182,14 +185,25 @@ async def _claim_key(
         ),
         {**scope.params, "key": key, "ttl": KEY_TTL.total_seconds()},
     )
-    claimed = await conn.execute(
-        text(
-            "INSERT INTO order_keys (partner_id, environment, idempotency_key, request_hash, "
-            "order_id, response) VALUES (:partner_id, :environment, :key, :hash, '', '{}') "
-            "ON CONFLICT DO NOTHING RETURNING 1"
-        ),
-        {**scope.params, "key": key, "hash": request_hash},
-    )
+    # The same key in flight elsewhere makes the insert wait for that transaction (the primary
+    # key); past IN_FLIGHT_WAIT the retry is told to come back, as submit does.
+    await conn.execute(text(f"SET LOCAL lock_timeout = '{IN_FLIGHT_WAIT}'"))
+    try:
+        claimed = await conn.execute(
+            text(
+                "INSERT INTO order_keys (partner_id, environment, idempotency_key, request_hash, "
+                "order_id, response) VALUES (:partner_id, :environment, :key, :hash, '', '{}') "
+                "ON CONFLICT DO NOTHING RETURNING 1"
+            ),
+            {**scope.params, "key": key, "hash": request_hash},
+        )
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+            raise IdempotencyInProgress(
+                "An order with this Idempotency-Key is still being placed; retry shortly"
+            ) from None
+        raise
+    await conn.execute(text("SET LOCAL lock_timeout = DEFAULT"))
     if claimed.first() is not None:
         return None
     previous = (

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from engine import catalog, orders, reconciliation, vouchers
 from engine.errors import (
+    IdempotencyInProgress,
     IdempotencyKeyRequired,
     IdempotencyKeyReused,
     IdempotencyKeyTooLong,
@@ -109,6 +110,7 @@ def _idempotency_key(request: web.Request) -> str:
         IdempotencyKeyTooShort,
         IdempotencyKeyTooLong,
         IdempotencyKeyReused,
+        IdempotencyInProgress,
         NotFound,
         ProductUnavailable,
         InsufficientBalance,
@@ -260,7 +262,9 @@ Header `Idempotency-Key` (8-255 characters) is required, checked before the body
 `IDEMPOTENCY_KEY_TOO_LONG`. Keys are kept 24 hours per partner and environment. The same key,
 user and body again (compared after parsing: `25`, `"25.00"` are one face value) answers the
 original `201` body with `Idempotent-Replayed: true` and changes nothing; the same key otherwise
-is `422 IDEMPOTENCY_KEY_REUSED`. A refused order (4xx) leaves its key unused. Remember that a
+is `422 IDEMPOTENCY_KEY_REUSED`. A duplicate that arrives while the first is still being placed
+waits for it (then answers as above), or `409 IDEMPOTENCY_IN_PROGRESS` after 5 seconds. A
+refused order (4xx) leaves its key unused. Remember that a
 retry is signed afresh in a later second (the same signed bytes twice are `REPLAYED_REQUEST`).
 
 Checks in order: key, body (`quantity` 1-100, default 1; `faceValue` at most 2 decimals), key

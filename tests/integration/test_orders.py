@@ -14,6 +14,7 @@ from engine import catalog, orders, vendors, vouchers
 from engine.catalog import Denomination
 from engine.errors import (
     DuplicateVoucherCode,
+    IdempotencyInProgress,
     IdempotencyKeyReused,
     InsufficientBalance,
     NotFound,
@@ -482,3 +483,38 @@ async def test_a_worker_killed_after_the_vendor_call_issues_nothing_twice(db, bo
     )
     assert await _available(db, p.scope, "u1") == T("80").micro
     await _clean(db, p.scope)
+
+
+async def test_concurrent_duplicates_place_once_and_a_stuck_key_answers_in_progress(
+    db, box, make_partner
+):
+    p = await make_partner(funding="1000")
+    product = await _product(db)
+    await _stock(db, box, product, 5)
+    await _fund(db, p.scope, "u1", "50")
+
+    # Given the same order sent four times at once / Then one is placed, three replay it
+    answers = await asyncio.gather(
+        *(_place(db, p.scope, "u1", product, key="key-together-1") for _ in range(4))
+    )
+    assert sorted(replayed for _, replayed in answers) == [False, True, True, True]
+    assert len({response["id"] for response, _ in answers}) == 1
+    assert await _available(db, p.scope, "u1") == T("40").micro
+
+    # Given another transaction holding a key (a request still being placed)
+    async with db.connect() as holder:
+        await holder.begin()
+        await holder.execute(
+            text(
+                "INSERT INTO order_keys (partner_id, environment, idempotency_key, request_hash, "
+                "order_id, response) VALUES (:p, 'sandbox', 'key-stuck-001', '\\x00', '', '{}')"
+            ),
+            {"p": p.scope.partner_id},
+        )
+        # When the same key arrives / Then after 5 s: 409 IDEMPOTENCY_IN_PROGRESS, nothing done
+        with pytest.raises(IdempotencyInProgress):
+            await _place(db, p.scope, "u1", product, key="key-stuck-001")
+        await holder.rollback()
+    response, replayed = await _place(db, p.scope, "u1", product, key="key-stuck-001")
+    assert not replayed and response["status"] == "DELIVERED"
+    assert await _available(db, p.scope, "u1") == T("30").micro
