@@ -11,9 +11,11 @@ import asyncio
 import base64
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -96,14 +98,17 @@ def _drop_database(server_url: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+def services() -> Iterator[Services]:
     server_db = os.environ.get("DATABASE_URL")
     server_redis = os.environ.get("REDIS_URL")
     embedded = None
     if not server_db or not server_redis:
         from ops import embedded as emb
 
-        datadir = tmp_path_factory.mktemp("embedded")
+        # Not under pytest's basetemp: pytest keeps /tmp/pytest-of-<user> at mode 0700, and as
+        # root pgserver runs PostgreSQL as its own user, which must reach the data folder.
+        datadir = Path(tempfile.mkdtemp(prefix="sir-test-embedded-"))
+        datadir.chmod(0o755)
         embedded = emb.start(datadir, redis_port=0)
         server_db = server_db or embedded.database_url
         server_redis = server_redis or embedded.redis_url
@@ -134,6 +139,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             # The private server and its folder go as a whole; no DROP needed (the server was
             # seen already stopping at this point, failing the drop with a refused connection).
             embedded.stop()
+            shutil.rmtree(datadir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
