@@ -889,3 +889,55 @@ reconciliation_drifts = Table(
         name="uq_reconciliation_drifts_finding",
     ),
 )
+
+# -- dashboard roll-ups (migration 0006; engine.rollups writes them, engine.dashboard reads) -------
+
+dashboard_days = Table(
+    "dashboard_days",
+    metadata,
+    Column("partner_id", String(24), ForeignKey("partners.id"), primary_key=True),
+    Column("environment", String(10), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("actions", Integer, nullable=False, server_default="0"),
+    Column("tokens_distributed", BigInteger, nullable=False, server_default="0"),
+    Column("tokens_reversed", BigInteger, nullable=False, server_default="0"),
+    Column("active_users", Integer, nullable=False, server_default="0"),
+)
+
+dashboard_user_days = Table(
+    "dashboard_user_days",
+    metadata,
+    Column("partner_id", String(24), ForeignKey("partners.id"), primary_key=True),
+    Column("environment", String(10), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("partner_user_id", String(24), primary_key=True),
+    Column("tokens", BigInteger, nullable=False, server_default="0"),
+    Column("tokens_reversed", BigInteger, nullable=False, server_default="0"),
+    Column("actions", Integer, nullable=False, server_default="0"),
+)
+
+dashboard_rollup_state = Table(
+    "dashboard_rollup_state",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, server_default="1"),
+    Column("closed_through", Date),
+    _updated(),
+)
+
+api_usage_days = Table(
+    "api_usage_days",
+    metadata,
+    Column("partner_id", String(24), ForeignKey("partners.id"), primary_key=True),
+    Column("environment", String(10), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("route_class", String(64), primary_key=True),
+    Column("status", SmallInteger, primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+)
+
+api_usage_folds = Table(
+    "api_usage_folds",
+    metadata,
+    Column("fold_id", String(64), primary_key=True),
+    Column("folded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

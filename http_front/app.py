@@ -20,6 +20,7 @@ from http_front import (
     admin_marketplace,
     batches,
     campaigns,
+    dashboard,
     donations,
     health,
     marketplace,
@@ -44,6 +45,7 @@ from http_front.keys import (
     VENDORS,
 )
 from http_front.middlewares import error_middleware, request_id_middleware
+from http_front.usage import usage_ctx, usage_middleware
 from workers.dispatch import Dispatcher, Nudge
 
 log = logging.getLogger("sir.http")
@@ -97,13 +99,15 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware], client_max_size=MAX_BODY
+        middlewares=[request_id_middleware, usage_middleware, error_middleware],
+        client_max_size=MAX_BODY,
     )
     app[SETTINGS] = settings
     app[SECRET_BOX] = SecretBox(settings.master_key)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_dispatcher)
+    app.cleanup_ctx.append(usage_ctx)
     app.add_routes(health.routes)
     for module in (
         admin,
@@ -120,6 +124,7 @@ def create_app(settings: Settings) -> web.Application:
         widget,
         donations,
         providers,
+        dashboard,
         openapi,
     ):
         module.add_routes(app)

@@ -75,6 +75,7 @@ from http_front.ratelimit import (
     verdict_of,
     widget_bucket,
 )
+from http_front.usage import USAGE_SCOPE
 
 log = logging.getLogger("sir.auth")
 
@@ -258,6 +259,7 @@ async def _secret(request: web.Request, key: str, spec: _AuthSpec) -> tuple[Prin
     ):  # 7
         raise InvalidSignature("The signature does not match the request")
     _partner_may_call(record, environment)  # 8, 9
+    request[USAGE_SCOPE] = Scope(record.partner_id, environment)  # counted in API usage from here
     ip = client_ip(request)
     request[CLIENT_IP] = ip
     if not record.ip_allowed(ip):  # 10
@@ -282,6 +284,7 @@ async def _publishable(
     record, environment = _usable(found, prefix_env)  # 4
     _not_expired(record, time.time())  # 5
     _partner_may_call(record, environment)  # 8, 9 (no signature, no IP allowlist: 3.2)
+    request[USAGE_SCOPE] = Scope(record.partner_id, environment)
     _check_features(record.enabled_features, spec.features)  # 11
     ip = client_ip(request)
     request[CLIENT_IP] = ip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from workers import (
     batch_actors,
+    dashboard_actors,
     maintenance,
     order_actors,
     outbox_actors,
@@ -18,7 +19,15 @@ from workers.broker import broker  # noqa: F401 - configures the global broker f
 from workers.maintenance import audit_ledger
 from workers.ticks import Tick
 
-MODULES = [maintenance, outbox_actors, batch_actors, webhook_actors, sweep_actors, order_actors]
+MODULES = [
+    maintenance,
+    outbox_actors,
+    batch_actors,
+    webhook_actors,
+    sweep_actors,
+    order_actors,
+    dashboard_actors,
+]
 
 __all__ = ["all_ticks", "audit_ledger"]
 
