@@ -395,7 +395,7 @@ def parse_window(
 # Attempts of the scope's deliveries made in the window. Deliveries are found per endpoint through
 # (endpoint_id, created_at), bounded below by the retry lifetime; attempts by delivery_id.
 _ATTEMPTS = """
-SELECT d.endpoint_id, t.status_code, t.latency_ms, t.attempted_at, t.error
+SELECT d.endpoint_id, t.id, t.status_code, t.latency_ms, t.attempted_at
 FROM webhook_endpoints w
 JOIN webhook_deliveries d ON d.endpoint_id = w.id AND d.created_at >= :oldest
 JOIN webhook_attempts t ON t.delivery_id = d.id
@@ -424,7 +424,7 @@ f AS (
 SELECT w.id, w.url, w.is_active, w.disabled_reason, COALESCE(f.attempts, 0) AS attempts,
        COALESCE(f.failures, 0) AS failures, f.last_failure_at,
        (SELECT a.status_code FROM a WHERE a.endpoint_id = w.id
-         ORDER BY a.attempted_at DESC LIMIT 1) AS last_status_code
+         ORDER BY a.attempted_at DESC, a.id DESC LIMIT 1) AS last_status_code
 FROM webhook_endpoints w LEFT JOIN f ON f.endpoint_id = w.id
 WHERE w.partner_id = :partner_id AND w.environment = :environment
   AND (f.failures > 0 OR NOT w.is_active)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import dramatiq
 import redis.asyncio as aioredis
 from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine import api_usage, rollups
 from workers import runtime
@@ -42,7 +43,9 @@ return 0
 """
 
 
-async def fold_usage(redis: aioredis.Redis, *, stop_after_commit: bool = False) -> int:
+async def fold_usage(
+    redis: aioredis.Redis, db: AsyncEngine, *, stop_after_commit: bool = False
+) -> int:
     """One fold of the front's usage counts into `api_usage_days`; returns the requests added
     (0 when the hash held nothing new, or was already applied by a fold that died before its
     clean-up). `stop_after_commit` leaves the Redis clean-up undone, as a worker killed right
@@ -58,7 +61,7 @@ async def fold_usage(redis: aioredis.Redis, *, stop_after_commit: bool = False) 
         await redis.hsetnx(api_usage.FOLDING_KEY, api_usage.FOLD_ID_FIELD, fresh_id)
         return 0
     counts = api_usage.parse_counts(raw)
-    async with runtime.database().begin() as conn:
+    async with db.begin() as conn:
         applied = await api_usage.apply_fold(conn, fold_id, counts, datetime.now(UTC))
     if stop_after_commit:
         return sum(counts.values()) if applied else 0
@@ -75,10 +78,10 @@ async def fold_api_usage() -> None:
     """Fold the front's API usage counts from Redis into PostgreSQL."""
     redis = aioredis.from_url(runtime.settings().redis_url, socket_timeout=10)
     try:
-        folded = await fold_usage(redis)
+        folded = await fold_usage(redis, runtime.database())
         # A fold left behind by a dead worker was finished first: fold what is pending too.
         if folded == 0:
-            folded = await fold_usage(redis)
+            folded = await fold_usage(redis, runtime.database())
     finally:
         await redis.aclose()
     FOLDED_REQUESTS.inc(folded)
