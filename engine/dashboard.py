@@ -18,7 +18,9 @@ reads a few index ranges whatever the size of the ledger. Pool balances are the 
 
 from __future__ import annotations
 
+import heapq
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -30,14 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.errors import ValidationFailed
 from engine.money import Tokens
-from engine.rollups import (
-    ONE_SCOPE,
-    closed_through,
-    day_actions_sql,
-    day_tokens_sql,
-    midnight,
-    user_days_sql,
-)
+from engine.rollups import midnight
 from engine.scope import Scope
 
 DEFAULT_DAYS = 30
@@ -147,11 +142,13 @@ def parse_choice(name: str, raw: str | None, choices: tuple[str, ...], default: 
 @dataclass(frozen=True, slots=True)
 class _Split:
     """A period cut at the roll-up watermark: [start, rolled_end) from the roll-ups,
-    [live_start, end) live."""
+    [live_start, end) live. `generation` names the roll-up state the rolled part was read
+    from (the cache key of what is derived from it)."""
 
     period: Period
     rolled_end: date
     live_start: date
+    generation: tuple[Any, ...]
 
     def params(self, scope: Scope) -> dict[str, Any]:
         live_lo = midnight(self.live_start)
@@ -165,18 +162,79 @@ class _Split:
         }
 
     @property
+    def has_rolled(self) -> bool:
+        return self.period.start < self.rolled_end
+
+    @property
     def has_live(self) -> bool:
         return self.live_start < self.period.end
 
 
 async def _split(conn: AsyncConnection, period: Period) -> _Split:
-    through = await closed_through(conn)
+    row = (
+        await conn.execute(
+            text("SELECT closed_through, updated_at FROM dashboard_rollup_state WHERE id = 1")
+        )
+    ).one_or_none()
+    through = row[0] if row is not None else None
     open_from = period.start if through is None else through + timedelta(days=1)
     rolled_end = min(period.end, max(period.start, open_from))
-    return _Split(period, rolled_end, max(period.start, open_from))
+    return _Split(period, rolled_end, max(period.start, open_from), tuple(row or ()))
 
 
-_LIVE_USERS = user_days_sql(ONE_SCOPE)
+class _RolledCache:
+    """What is derived from the roll-ups of closed days, per process, least recently used out.
+
+    Closed days never change once rolled up (a re-roll moves `dashboard_rollup_state`, which is
+    part of every key), so a period's per-user totals are read from PostgreSQL once per roll-up
+    per process and then merged with the live part in memory. Bounded by entries held."""
+
+    def __init__(self, max_items: int = 2_000_000) -> None:
+        self._entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._sizes: dict[tuple[Any, ...], int] = {}
+        self._items = 0
+        self.max_items = max_items
+
+    def get(self, key: tuple[Any, ...]) -> Any:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[Any, ...], value: Any, size: int) -> None:
+        self._entries[key] = value
+        self._sizes[key] = size
+        self._items += size
+        while self._items > self.max_items and len(self._entries) > 1:
+            old, _ = self._entries.popitem(last=False)
+            self._items -= self._sizes.pop(old)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._sizes.clear()
+        self._items = 0
+
+
+ROLLED_CACHE = _RolledCache()
+
+# Live postings on wallets (users' and organizations'; organizations under a NULL user), by day.
+_LIVE_WALLETS = """
+SELECT CAST(p.created_at AT TIME ZONE 'UTC' AS date) AS day, a.partner_user_id,
+       COALESCE(sum(p.amount) FILTER (WHERE p.type = 'CREDIT'), 0) AS tokens,
+       COALESCE(-sum(p.amount) FILTER (WHERE p.type = 'REVERSAL'), 0) AS tokens_reversed,
+       count(DISTINCT p.entry_id) FILTER (WHERE p.type = 'CREDIT') AS actions
+FROM postings p JOIN ledger_accounts a ON a.id = p.account_id
+WHERE p.partner_id = :partner_id AND p.environment = :environment
+  AND p.created_at >= :lo AND p.created_at < :hi
+  AND p.type IN ('CREDIT', 'REVERSAL') AND a.kind IN ('WALLET_AVAILABLE', 'WALLET_LOCKED')
+GROUP BY 1, 2
+"""
+_LIVE_ACTIONS = """
+SELECT CAST(created_at AT TIME ZONE 'UTC' AS date) AS day, count(*) FROM actions
+WHERE partner_id = :partner_id AND environment = :environment
+  AND created_at >= :lo AND created_at < :hi
+GROUP BY 1
+"""
 _SCOPED = "partner_id = :partner_id AND environment = :environment"
 
 
@@ -188,49 +246,86 @@ class _Day:
     users: int = 0
 
 
-async def _days(conn: AsyncConnection, scope: Scope, split: _Split) -> dict[date, _Day]:
-    """Per-day figures of the period: roll-up rows, then the live days."""
-    params = split.params(scope)
-    days: dict[date, _Day] = {}
-    rows = await conn.execute(
-        text(
-            "SELECT day, actions, tokens_distributed, tokens_reversed, active_users "
-            f"FROM dashboard_days WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi"
-        ),
-        params,
-    )
-    for day, actions, tokens, reversed_, users in rows:
-        days[day] = _Day(int(actions), int(tokens), int(reversed_), int(users))
+@dataclass
+class _Live:
+    """The live part of a period: per day figures, and per (day, user) credits."""
+
+    days: dict[date, _Day]
+    users: list[tuple[date, str, int, int, int]]  # day, user id, tokens, reversed, actions
+
+
+async def _live(conn: AsyncConnection, scope: Scope, split: _Split, *, actions: bool) -> _Live:
+    live = _Live({}, [])
     if not split.has_live:
-        return days
-    live = await conn.execute(
-        text(
-            f"WITH t AS ({day_tokens_sql(ONE_SCOPE)}), n AS ({day_actions_sql(ONE_SCOPE)}), "
-            f"u AS (SELECT day, count(*) FILTER (WHERE tokens > 0) AS users FROM ({_LIVE_USERS}) "
-            "AS lu GROUP BY day) "
-            "SELECT day, COALESCE(n.actions, 0), COALESCE(t.tokens, 0), "
-            "COALESCE(t.tokens_reversed, 0), COALESCE(u.users, 0) "
-            "FROM t FULL JOIN n USING (day) FULL JOIN u USING (day)"
-        ),
-        params,
-    )
-    for day, actions, tokens, reversed_, users in live:
-        days[day] = _Day(int(actions), int(tokens), int(reversed_), int(users))
+        return live
+    params = split.params(scope)
+    for day, user_id, tokens, reversed_, count in await conn.execute(text(_LIVE_WALLETS), params):
+        figures = live.days.setdefault(day, _Day())
+        figures.tokens += int(tokens)
+        figures.reversed += int(reversed_)
+        if user_id is not None:
+            live.users.append((day, user_id, int(tokens), int(reversed_), int(count)))
+            if tokens > 0:
+                figures.users += 1
+    if actions:
+        for day, count in await conn.execute(text(_LIVE_ACTIONS), params):
+            live.days.setdefault(day, _Day()).actions = int(count)
+    return live
+
+
+async def _days(
+    conn: AsyncConnection, scope: Scope, split: _Split, live: _Live
+) -> dict[date, _Day]:
+    """Per-day figures of the period: roll-up rows, then the live days."""
+    days: dict[date, _Day] = {}
+    if split.has_rolled:
+        rows = await conn.execute(
+            text(
+                "SELECT day, actions, tokens_distributed, tokens_reversed, active_users "
+                f"FROM dashboard_days WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi"
+            ),
+            split.params(scope),
+        )
+        for day, actions, tokens, reversed_, users in rows:
+            days[day] = _Day(int(actions), int(tokens), int(reversed_), int(users))
+    days.update(live.days)
     return days
+
+
+UserTotals = dict[str, tuple[int, int, int]]  # user id -> tokens, tokens reversed, actions
+
+_ROLLED_USERS = f"""
+SELECT partner_user_id, sum(tokens), sum(tokens_reversed), sum(actions)
+FROM dashboard_user_days WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi
+GROUP BY partner_user_id
+"""
+
+
+async def _rolled_users(conn: AsyncConnection, scope: Scope, split: _Split) -> UserTotals:
+    """Per-user totals over the rolled part of the period (cached per roll-up state)."""
+    if not split.has_rolled:
+        return {}
+    key = ("users", scope, split.period.start, split.rolled_end, split.generation)
+    found = ROLLED_CACHE.get(key)
+    if found is None:
+        rows = await conn.execute(text(_ROLLED_USERS), split.params(scope))
+        found = {user: (int(t), int(r), int(a)) for user, t, r, a in rows}
+        ROLLED_CACHE.put(key, found, len(found) + 1)
+    return found  # type: ignore[no-any-return]
+
+
+def _merged_users(rolled: UserTotals, live: _Live) -> UserTotals:
+    if not live.users:
+        return rolled
+    merged = dict(rolled)
+    for _, user, tokens, reversed_, actions in live.users:
+        t, r, a = merged.get(user, (0, 0, 0))
+        merged[user] = (t + tokens, r + reversed_, a + actions)
+    return merged
 
 
 # -- summary -----------------------------------------------------------------------------------
 
-
-_ACTIVE_USERS = f"""
-WITH live AS ({_LIVE_USERS})
-SELECT count(*) FROM (
-  SELECT partner_user_id FROM dashboard_user_days
-   WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi AND tokens > 0
-  UNION
-  SELECT partner_user_id FROM live WHERE tokens > 0
-) AS active
-"""
 
 _POOLS = """
 SELECT p.id, p.name, p.status, p.is_default, a.balance, p.low_balance_threshold
@@ -243,8 +338,11 @@ ORDER BY p.created_at, p.id
 async def summary(conn: AsyncConnection, scope: Scope, period: Period) -> dict[str, Any]:
     """Tokens distributed and reversed, actions, active users over `period`; pool balances now."""
     split = await _split(conn, period)
-    days = await _days(conn, scope, split)
-    active = (await conn.execute(text(_ACTIVE_USERS), split.params(scope))).scalar_one()
+    live = await _live(conn, scope, split, actions=True)
+    days = await _days(conn, scope, split, live)
+    rolled = await _rolled_users(conn, scope, split)
+    active = {user for user, (tokens, _, _) in rolled.items() if tokens > 0}
+    active.update(user for _, user, tokens, _, _ in live.users if tokens > 0)
     pools = (await conn.execute(text(_POOLS), scope.params)).mappings()
     distributed = sum(d.tokens for d in days.values())
     reversed_ = sum(d.reversed for d in days.values())
@@ -254,7 +352,7 @@ async def summary(conn: AsyncConnection, scope: Scope, period: Period) -> dict[s
         "tokensReversed": Tokens(reversed_),
         "netTokens": Tokens(distributed - reversed_),
         "actions": sum(d.actions for d in days.values()),
-        "activeUsers": int(active),
+        "activeUsers": len(active),
         "pools": [
             {
                 "poolId": row["id"],
@@ -271,61 +369,55 @@ async def summary(conn: AsyncConnection, scope: Scope, period: Period) -> dict[s
 
 # -- top earners ---------------------------------------------------------------------------------
 
-_TOP = f"""
-WITH live AS ({_LIVE_USERS}),
-per_day AS (
-  SELECT partner_user_id, tokens, tokens_reversed, actions FROM dashboard_user_days
-   WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi
-  UNION ALL
-  SELECT partner_user_id, tokens, tokens_reversed, actions FROM live
-),
-top AS (
-  SELECT partner_user_id, sum(tokens) AS tokens, sum(tokens_reversed) AS tokens_reversed,
-         sum(actions) AS actions
-  FROM per_day GROUP BY partner_user_id HAVING sum(tokens) > 0
-  ORDER BY sum(tokens) DESC, partner_user_id LIMIT :limit
-)
-SELECT u.external_user_id, top.tokens, top.tokens_reversed, top.actions
-FROM top JOIN partner_users u ON u.id = top.partner_user_id
-ORDER BY top.tokens DESC, top.partner_user_id
-"""
-
 
 async def top_earners(
     conn: AsyncConnection, scope: Scope, period: Period, limit: int
 ) -> dict[str, Any]:
-    """The users credited the most tokens over `period`, most first (ties: oldest user first)."""
+    """The users credited the most tokens over `period`, most first (ties: oldest user first:
+    user ids begin with their creation time)."""
     split = await _split(conn, period)
-    rows = await conn.execute(text(_TOP), {**split.params(scope), "limit": limit})
+    live = await _live(conn, scope, split, actions=False)
+    users = _merged_users(await _rolled_users(conn, scope, split), live)
+    top = heapq.nsmallest(
+        limit,
+        ((-tokens, user) for user, (tokens, _, _) in users.items() if tokens > 0),
+    )
+    external: dict[str, str] = {}
+    if top:
+        rows = await conn.execute(
+            text(
+                f"SELECT id, external_user_id FROM partner_users WHERE {_SCOPED} AND id = ANY(:ids)"
+            ),
+            {**scope.params, "ids": [user for _, user in top]},
+        )
+        external = {user_id: external_id for user_id, external_id in rows}
     return {
         **period.wire(),
         "limit": limit,
         "data": [
             {
                 "rank": rank,
-                "externalUserId": external_id,
-                "tokensEarned": Tokens(int(tokens)),
-                "tokensReversed": Tokens(int(reversed_)),
-                "actions": int(actions),
+                "externalUserId": external[user],
+                "tokensEarned": Tokens(users[user][0]),
+                "tokensReversed": Tokens(users[user][1]),
+                "actions": users[user][2],
             }
-            for rank, (external_id, tokens, reversed_, actions) in enumerate(rows, start=1)
+            for rank, (_, user) in enumerate(top, start=1)
         ],
     }
 
 
 # -- trends ------------------------------------------------------------------------------------------
 
-_USERS_BY_BUCKET = f"""
-WITH live AS ({_LIVE_USERS}),
-per_day AS (
-  SELECT day, partner_user_id FROM dashboard_user_days
-   WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi AND tokens > 0
-  UNION ALL
-  SELECT day, partner_user_id FROM live WHERE tokens > 0
-)
-SELECT CASE WHEN :weekly THEN CAST(date_trunc('week', day) AS date) ELSE day END AS bucket,
-       count(DISTINCT partner_user_id)
-FROM per_day GROUP BY 1
+_ROLLED_WEEKS = f"""
+SELECT CAST(date_trunc('week', day) AS date) AS week, count(DISTINCT partner_user_id)
+FROM dashboard_user_days
+WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi AND tokens > 0
+GROUP BY 1
+"""
+_ROLLED_WEEK_USERS = f"""
+SELECT DISTINCT partner_user_id FROM dashboard_user_days
+WHERE {_SCOPED} AND day >= :w_lo AND day < :r_hi AND tokens > 0
 """
 
 
@@ -334,22 +426,51 @@ def bucket_of(day: date, interval: Interval) -> date:
     return day if interval == "day" else day - timedelta(days=day.weekday())
 
 
+async def _weekly_users(
+    conn: AsyncConnection, scope: Scope, split: _Split, live: _Live
+) -> dict[date, int]:
+    """Distinct active users per week. Weeks wholly rolled up: counted once per roll-up state
+    (cached); the week the watermark cuts: its rolled users (cached) joined with the live ones."""
+    counts: dict[date, int] = {}
+    cut: set[str] = set()
+    cut_week = bucket_of(split.rolled_end, "week")
+    if split.has_rolled:
+        key = ("weeks", scope, split.period.start, split.rolled_end, split.generation)
+        found = ROLLED_CACHE.get(key)
+        if found is None:
+            params = {**split.params(scope), "w_lo": cut_week}
+            weeks = {w: int(n) for w, n in await conn.execute(text(_ROLLED_WEEKS), params)}
+            partial: set[str] = set()
+            if cut_week < split.rolled_end and split.has_live:
+                partial = {u for (u,) in await conn.execute(text(_ROLLED_WEEK_USERS), params)}
+            found = (weeks, partial)
+            ROLLED_CACHE.put(key, found, len(weeks) + len(partial) + 1)
+        counts, cut = dict(found[0]), found[1]
+    by_week: dict[date, set[str]] = {}
+    for day, user, tokens, _, _ in live.users:
+        if tokens > 0:
+            by_week.setdefault(bucket_of(day, "week"), set()).add(user)
+    for week, users in by_week.items():
+        counts[week] = len(users | cut) if week == cut_week else len(users)
+    return counts
+
+
 async def trends(
     conn: AsyncConnection, scope: Scope, period: Period, metric: Metric, interval: Interval
 ) -> dict[str, Any]:
     """One point per day or week of `period` (zero-filled), oldest first. Weekly `users` counts
     each user once per week; daily figures are per day."""
     split = await _split(conn, period)
+    live = await _live(conn, scope, split, actions=metric == "actions")
     values: dict[date, int] = {}
-    if metric == "users":
-        rows = await conn.execute(
-            text(_USERS_BY_BUCKET), {**split.params(scope), "weekly": interval == "week"}
-        )
-        values = {bucket: int(count) for bucket, count in rows}
+    if metric == "users" and interval == "week":
+        values = await _weekly_users(conn, scope, split, live)
     else:
-        for day, figures in (await _days(conn, scope, split)).items():
+        for day, figures in (await _days(conn, scope, split, live)).items():
             bucket = bucket_of(day, interval)
-            amount = figures.tokens if metric == "tokens" else figures.actions
+            amount = {"tokens": figures.tokens, "actions": figures.actions}.get(
+                metric, figures.users
+            )
             values[bucket] = values.get(bucket, 0) + amount
     step = timedelta(days=1 if interval == "day" else 7)
     points = []

@@ -19,9 +19,9 @@ replaces any earlier roll-up of it (delete, insert), and the watermark moves in 
 transaction, so a tick re-run, two workers racing (an advisory lock serialises them) or a worker
 killed mid-fold never counts anything twice. The submit hot path is untouched.
 
-Days after the watermark (today, and yesterday until GRACE has passed) are not rolled up; the
-dashboard reads them live with the same SELECTs bound to one scope (`user_days_sql` and friends),
-a query bounded to those days through the `(partner_id, environment, created_at)` indexes.
+Days after the watermark (today, and yesterday until GRACE has passed) are not rolled up;
+`engine.dashboard` reads them live with the same definitions, bounded to those days through the
+`(partner_id, environment, created_at)` indexes.
 """
 
 # SQL here is composed from this module's constants only, never from request input:
@@ -39,8 +39,8 @@ GRACE = timedelta(minutes=15)
 DAYS_PER_TRANSACTION = 7
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('sir.dashboard.rollup'))"
 
-# Where the SELECTs get their scopes: every partner in both environments for the fold (each scope
-# then reads the ledger through its own index range), or the one caller for a live read.
+# Where the SELECTs get their scopes: every partner in both environments (each scope then reads
+# the ledger through its own `(partner_id, environment, created_at)` index range).
 ALL_SCOPES = (
     "SELECT id AS partner_id, v.environment FROM partners "
     "CROSS JOIN (VALUES ('sandbox'), ('production')) AS v(environment)"
@@ -209,7 +209,6 @@ async def _advance(conn: AsyncConnection, day: date) -> None:
 __all__ = [
     "ALL_SCOPES",
     "GRACE",
-    "ONE_SCOPE",
     "RollupRun",
     "closed_through",
     "day_actions_sql",

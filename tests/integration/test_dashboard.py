@@ -197,10 +197,12 @@ async def test_figures_equal_the_ledger_live_and_rolled_up(db, box, make_partner
             await _ok(client, keys, f"{DASH}/trends?metric=tokens"),
             await _ok(client, keys, f"{DASH}/trends?metric=actions&interval=day"),
             await _ok(client, keys, f"{DASH}/trends?metric=users&interval=day"),
+            # the week the watermark cuts (unless today is a Monday): rolled days plus today
+            await _ok(client, keys, f"{DASH}/trends?metric=users&interval=week"),
         ]
 
     live = await snapshot()
-    summary, top, tokens, actions, users = live
+    summary, top, tokens, actions, users, weekly_users = live
     assert summary["from"] == f"{start.isoformat()}T00:00:00Z"
     assert summary["to"] == f"{(today + timedelta(days=1)).isoformat()}T00:00:00Z"
     assert summary["tokensDistributed"] == _dec(expected_tokens)
@@ -240,6 +242,13 @@ async def test_figures_equal_the_ledger_live_and_rolled_up(db, box, make_partner
         today.isoformat(): 2,
         (today - timedelta(days=1)).isoformat(): 2,
         (today - timedelta(days=8)).isoformat(): 2,
+    }
+
+    this_week = today - timedelta(days=today.weekday())
+    week_users = {"ann", "bob"} | ({"cy", "ann"} if today.weekday() >= 1 else set())
+    assert weekly_users["data"][-1] == {
+        "periodStart": f"{this_week.isoformat()}T00:00:00Z",
+        "value": len(week_users),
     }
 
     # The roll-up: closed days now come from it, with the same answers; a second run (a
