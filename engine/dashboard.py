@@ -294,34 +294,45 @@ async def _days(
 
 UserTotals = dict[str, tuple[int, int, int]]  # user id -> tokens, tokens reversed, actions
 
+
+@dataclass(frozen=True)
+class _RolledUsers:
+    """Per-user totals over the rolled part of a period, and the same ranked (most tokens
+    first, ties by user id): a top-N is then merged with the live users in O(N + live)."""
+
+    totals: UserTotals
+    ranked: list[tuple[int, str]]  # (-tokens, user id) of users with tokens > 0, ascending
+
+
 _ROLLED_USERS = f"""
 SELECT partner_user_id, sum(tokens), sum(tokens_reversed), sum(actions)
 FROM dashboard_user_days WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi
 GROUP BY partner_user_id
 """
+_NO_USERS = _RolledUsers({}, [])
 
 
-async def _rolled_users(conn: AsyncConnection, scope: Scope, split: _Split) -> UserTotals:
+async def _rolled_users(conn: AsyncConnection, scope: Scope, split: _Split) -> _RolledUsers:
     """Per-user totals over the rolled part of the period (cached per roll-up state)."""
     if not split.has_rolled:
-        return {}
+        return _NO_USERS
     key = ("users", scope, split.period.start, split.rolled_end, split.generation)
     found = ROLLED_CACHE.get(key)
     if found is None:
         rows = await conn.execute(text(_ROLLED_USERS), split.params(scope))
-        found = {user: (int(t), int(r), int(a)) for user, t, r, a in rows}
-        ROLLED_CACHE.put(key, found, len(found) + 1)
+        totals = {user: (int(t), int(r), int(a)) for user, t, r, a in rows}
+        ranked = sorted((-t, user) for user, (t, _, _) in totals.items() if t > 0)
+        found = _RolledUsers(totals, ranked)
+        ROLLED_CACHE.put(key, found, 2 * len(totals) + 1)
     return found  # type: ignore[no-any-return]
 
 
-def _merged_users(rolled: UserTotals, live: _Live) -> UserTotals:
-    if not live.users:
-        return rolled
-    merged = dict(rolled)
+def _live_totals(live: _Live) -> UserTotals:
+    totals: UserTotals = {}
     for _, user, tokens, reversed_, actions in live.users:
-        t, r, a = merged.get(user, (0, 0, 0))
-        merged[user] = (t + tokens, r + reversed_, a + actions)
-    return merged
+        t, r, a = totals.get(user, (0, 0, 0))
+        totals[user] = (t + tokens, r + reversed_, a + actions)
+    return totals
 
 
 # -- summary -----------------------------------------------------------------------------------
@@ -341,8 +352,13 @@ async def summary(conn: AsyncConnection, scope: Scope, period: Period) -> dict[s
     live = await _live(conn, scope, split, actions=True)
     days = await _days(conn, scope, split, live)
     rolled = await _rolled_users(conn, scope, split)
-    active = {user for user, (tokens, _, _) in rolled.items() if tokens > 0}
-    active.update(user for _, user, tokens, _, _ in live.users if tokens > 0)
+    # |rolled active ∪ live active| without building the rolled set: O(live users)
+    newly_active = {
+        user
+        for _, user, tokens, _, _ in live.users
+        if tokens > 0 and rolled.totals.get(user, (0, 0, 0))[0] <= 0
+    }
+    active = len(rolled.ranked) + len(newly_active)
     pools = (await conn.execute(text(_POOLS), scope.params)).mappings()
     distributed = sum(d.tokens for d in days.values())
     reversed_ = sum(d.reversed for d in days.values())
@@ -352,7 +368,7 @@ async def summary(conn: AsyncConnection, scope: Scope, period: Period) -> dict[s
         "tokensReversed": Tokens(reversed_),
         "netTokens": Tokens(distributed - reversed_),
         "actions": sum(d.actions for d in days.values()),
-        "activeUsers": len(active),
+        "activeUsers": active,
         "pools": [
             {
                 "poolId": row["id"],
@@ -376,12 +392,23 @@ async def top_earners(
     """The users credited the most tokens over `period`, most first (ties: oldest user first:
     user ids begin with their creation time)."""
     split = await _split(conn, period)
-    live = await _live(conn, scope, split, actions=False)
-    users = _merged_users(await _rolled_users(conn, scope, split), live)
-    top = heapq.nsmallest(
-        limit,
-        ((-tokens, user) for user, (tokens, _, _) in users.items() if tokens > 0),
-    )
+    live = _live_totals(await _live(conn, scope, split, actions=False))
+    rolled = await _rolled_users(conn, scope, split)
+    # Users without live credits keep their rolled rank: the first `limit` of them (skipping
+    # live users) are the only ones that can make the top; every live user is a candidate.
+    candidates: list[tuple[int, str]] = []
+    for minus_tokens, user in rolled.ranked:
+        if len(candidates) >= limit:
+            break
+        if user not in live:
+            candidates.append((minus_tokens, user))
+    users: UserTotals = {user: rolled.totals[user] for _, user in candidates}
+    for user, (tokens, reversed_, actions) in live.items():
+        t, r, a = rolled.totals.get(user, (0, 0, 0))
+        users[user] = (t + tokens, r + reversed_, a + actions)
+        if t + tokens > 0:
+            candidates.append((-(t + tokens), user))
+    top = heapq.nsmallest(limit, candidates)
     external: dict[str, str] = {}
     if top:
         rows = await conn.execute(
@@ -523,34 +550,38 @@ JOIN webhook_attempts t ON t.delivery_id = d.id
 WHERE w.partner_id = :partner_id AND w.environment = :environment
   AND t.attempted_at >= :lo AND t.attempted_at < :hi
 """
+# One statement, the attempts read once: the overall figures on every row, one row per failing or
+# disabled endpoint (or one row of NULLs when there is none).
 _HEALTH = f"""
-WITH a AS ({_ATTEMPTS})
-SELECT count(*) AS attempts,
-       count(*) FILTER (WHERE status_code BETWEEN 200 AND 299) AS succeeded,
-       percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
-       percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
-       percentile_disc(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
-FROM a
-"""
-_FAILING = f"""
-WITH a AS ({_ATTEMPTS}),
+WITH a AS MATERIALIZED ({_ATTEMPTS}),
+overall AS (
+  SELECT count(*) AS attempts,
+         count(*) FILTER (WHERE status_code BETWEEN 200 AND 299) AS succeeded,
+         percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
+         percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
+         percentile_disc(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
+  FROM a
+),
 f AS (
   SELECT endpoint_id, count(*) AS attempts,
          count(*) FILTER (WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)
            AS failures,
          max(attempted_at) FILTER (WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)
-           AS last_failure_at
+           AS last_failure_at,
+         (array_agg(status_code ORDER BY attempted_at DESC, id DESC))[1] AS last_status_code
   FROM a GROUP BY endpoint_id
+),
+failing AS (
+  SELECT w.id, w.url, w.is_active, w.disabled_reason, COALESCE(f.attempts, 0) AS endpoint_attempts,
+         COALESCE(f.failures, 0) AS failures, f.last_failure_at, f.last_status_code
+  FROM webhook_endpoints w LEFT JOIN f ON f.endpoint_id = w.id
+  WHERE w.partner_id = :partner_id AND w.environment = :environment
+    AND (f.failures > 0 OR NOT w.is_active)
+  ORDER BY COALESCE(f.failures, 0) DESC, w.id
+  LIMIT :max
 )
-SELECT w.id, w.url, w.is_active, w.disabled_reason, COALESCE(f.attempts, 0) AS attempts,
-       COALESCE(f.failures, 0) AS failures, f.last_failure_at,
-       (SELECT a.status_code FROM a WHERE a.endpoint_id = w.id
-         ORDER BY a.attempted_at DESC, a.id DESC LIMIT 1) AS last_status_code
-FROM webhook_endpoints w LEFT JOIN f ON f.endpoint_id = w.id
-WHERE w.partner_id = :partner_id AND w.environment = :environment
-  AND (f.failures > 0 OR NOT w.is_active)
-ORDER BY COALESCE(f.failures, 0) DESC, w.id
-LIMIT :max
+SELECT overall.*, failing.* FROM overall LEFT JOIN failing ON true
+ORDER BY failing.failures DESC NULLS LAST, failing.id
 """
 _PENDING = f"""
 SELECT count(*) FROM webhook_deliveries
@@ -563,10 +594,12 @@ async def webhook_health(
 ) -> dict[str, Any]:
     """Delivery attempts in [lower, upper): success rate, latency percentiles, failing endpoints."""
     params = {**scope.params, "lo": lower, "hi": upper, "oldest": lower - _DELIVERY_LIFETIME}
-    health = (await conn.execute(text(_HEALTH), params)).mappings().one()
-    failing = (
-        await conn.execute(text(_FAILING), {**params, "max": FAILING_ENDPOINTS_MAX})
-    ).mappings()
+    rows = (
+        (await conn.execute(text(_HEALTH), {**params, "max": FAILING_ENDPOINTS_MAX}))
+        .mappings()
+        .all()
+    )
+    health = rows[0]
     pending = (await conn.execute(text(_PENDING), scope.params)).scalar_one()
     attempts, succeeded = int(health["attempts"]), int(health["succeeded"])
     return {
@@ -581,7 +614,7 @@ async def webhook_health(
             for name in ("p50", "p95", "p99")
         },
         "pendingDeliveries": int(pending),
-        "failingEndpoints": [_failing_json(row) for row in failing],
+        "failingEndpoints": [_failing_json(row) for row in rows if row["id"] is not None],
     }
 
 
@@ -591,7 +624,7 @@ def _failing_json(row: RowMapping | Mapping[str, Any]) -> dict[str, Any]:
         "url": row["url"],
         "isActive": row["is_active"],
         "disabledReason": row["disabled_reason"],
-        "attempts": int(row["attempts"]),
+        "attempts": int(row["endpoint_attempts"]),
         "failures": int(row["failures"]),
         "lastStatusCode": row["last_status_code"],
         "lastFailureAt": row["last_failure_at"],

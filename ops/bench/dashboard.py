@@ -14,7 +14,8 @@ One run, on a fresh database on DATABASE_URL's server (dropped at the end):
 3. a real front (`python -m ops.cli serve`) and, per endpoint, `--clients` concurrent clients
    sending signed GETs (each signed afresh) for `--seconds`; latency as the client sees it.
    Baselines from the same run and the same client loop: `GET /healthz` (no auth, no database)
-   and `GET /v1/partner/token-pools` (signed, one small indexed query).
+   and `GET /v1/partner/users?limit=1` (signed: authentication, rate limit, one indexed
+   query: the fixed cost every partner endpoint pays).
 
 Printed: p50/p95/p99 per endpoint, the ratio of its p99 to each baseline's p99, and whether it
 meets the 50 ms goal. Exit status 1 when any endpoint answers anything but 200 or the roll-up's
