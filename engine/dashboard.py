@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.errors import ValidationFailed
 from engine.money import Tokens
-from engine.rollups import midnight
+from engine.rollups import day_after, midnight
 from engine.scope import Scope
 
 DEFAULT_DAYS = 30
@@ -141,23 +141,23 @@ def parse_choice(name: str, raw: str | None, choices: tuple[str, ...], default: 
 
 @dataclass(frozen=True, slots=True)
 class _Split:
-    """A period cut at the roll-up watermark: [start, rolled_end) from the roll-ups,
-    [live_start, end) live. `generation` names the roll-up state the rolled part was read
-    from (the cache key of what is derived from it)."""
+    """A period cut at the roll-up watermark: days [start, rolled_end) from the roll-ups (the
+    last of them possibly partial), instants [live_lo, end) live. The day of `live_lo` may
+    hold both. `generation` names the roll-up state the rolled part was read from (the key of
+    what the cache derives from it)."""
 
     period: Period
     rolled_end: date
-    live_start: date
+    live_lo: datetime
     generation: tuple[Any, ...]
 
     def params(self, scope: Scope) -> dict[str, Any]:
-        live_lo = midnight(self.live_start)
-        live_hi = max(live_lo, midnight(self.period.end))
+        live_hi = max(self.live_lo, midnight(self.period.end))
         return {
             **scope.params,
             "r_lo": self.period.start,
             "r_hi": self.rolled_end,
-            "lo": live_lo,
+            "lo": self.live_lo,
             "hi": live_hi,
         }
 
@@ -167,19 +167,28 @@ class _Split:
 
     @property
     def has_live(self) -> bool:
-        return self.live_start < self.period.end
+        return self.live_lo < midnight(self.period.end)
+
+    @property
+    def cut_day(self) -> date:
+        """The day that may hold rolled and live figures both."""
+        return self.live_lo.astimezone(UTC).date()
 
 
 async def _split(conn: AsyncConnection, period: Period) -> _Split:
     row = (
         await conn.execute(
-            text("SELECT closed_through, updated_at FROM dashboard_rollup_state WHERE id = 1")
+            text("SELECT closed_until, updated_at FROM dashboard_rollup_state WHERE id = 1")
         )
     ).one_or_none()
-    through = row[0] if row is not None else None
-    open_from = period.start if through is None else through + timedelta(days=1)
-    rolled_end = min(period.end, max(period.start, open_from))
-    return _Split(period, rolled_end, max(period.start, open_from), tuple(row or ()))
+    until = row[0] if row is not None else None
+    generation = tuple(row) if row is not None else ()
+    start, end = midnight(period.start), midnight(period.end)
+    if until is None or until <= start:
+        return _Split(period, period.start, start, generation)
+    if until >= end:
+        return _Split(period, period.end, end, generation)
+    return _Split(period, day_after(until), until, generation)
 
 
 class _RolledCache:
@@ -218,16 +227,25 @@ class _RolledCache:
 ROLLED_CACHE = _RolledCache()
 
 # Live postings on wallets (users' and organizations'; organizations under a NULL user), by day.
+# Grouped by account first, then each group's account read by primary key (OFFSET 0 keeps the
+# planner from flattening the lookup into a join over every account of the partner). An action
+# credits an account once, so a count of CREDIT postings per account is a count of actions.
 _LIVE_WALLETS = """
-SELECT CAST(p.created_at AT TIME ZONE 'UTC' AS date) AS day, a.partner_user_id,
-       COALESCE(sum(p.amount) FILTER (WHERE p.type = 'CREDIT'), 0) AS tokens,
-       COALESCE(-sum(p.amount) FILTER (WHERE p.type = 'REVERSAL'), 0) AS tokens_reversed,
-       count(DISTINCT p.entry_id) FILTER (WHERE p.type = 'CREDIT') AS actions
-FROM postings p JOIN ledger_accounts a ON a.id = p.account_id
-WHERE p.partner_id = :partner_id AND p.environment = :environment
-  AND p.created_at >= :lo AND p.created_at < :hi
-  AND p.type IN ('CREDIT', 'REVERSAL') AND a.kind IN ('WALLET_AVAILABLE', 'WALLET_LOCKED')
-GROUP BY 1, 2
+SELECT g.day, acc.partner_user_id, g.tokens, g.tokens_reversed, g.actions
+FROM (
+  SELECT CAST(p.created_at AT TIME ZONE 'UTC' AS date) AS day, p.account_id,
+         COALESCE(sum(p.amount) FILTER (WHERE p.type = 'CREDIT'), 0) AS tokens,
+         COALESCE(-sum(p.amount) FILTER (WHERE p.type = 'REVERSAL'), 0) AS tokens_reversed,
+         count(*) FILTER (WHERE p.type = 'CREDIT') AS actions
+  FROM postings p
+  WHERE p.partner_id = :partner_id AND p.environment = :environment
+    AND p.created_at >= :lo AND p.created_at < :hi AND p.type IN ('CREDIT', 'REVERSAL')
+  GROUP BY 1, 2
+) AS g
+CROSS JOIN LATERAL (
+  SELECT a.partner_user_id FROM ledger_accounts a
+  WHERE a.id = g.account_id AND a.kind IN ('WALLET_AVAILABLE', 'WALLET_LOCKED') OFFSET 0
+) AS acc
 """
 _LIVE_ACTIONS = """
 SELECT CAST(created_at AT TIME ZONE 'UTC' AS date) AS day, count(*) FROM actions
@@ -288,7 +306,12 @@ async def _days(
         )
         for day, actions, tokens, reversed_, users in rows:
             days[day] = _Day(int(actions), int(tokens), int(reversed_), int(users))
-    days.update(live.days)
+    for day, figures in live.days.items():
+        merged = days.setdefault(day, _Day())
+        merged.actions += figures.actions
+        merged.tokens += figures.tokens
+        merged.reversed += figures.reversed
+        merged.users += figures.users  # the cut day's users are recounted by the callers
     return days
 
 
@@ -442,9 +465,9 @@ FROM dashboard_user_days
 WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi AND tokens > 0
 GROUP BY 1
 """
-_ROLLED_WEEK_USERS = f"""
+_ROLLED_ACTIVE_SINCE = f"""
 SELECT DISTINCT partner_user_id FROM dashboard_user_days
-WHERE {_SCOPED} AND day >= :w_lo AND day < :r_hi AND tokens > 0
+WHERE {_SCOPED} AND day >= :since AND day < :r_hi AND tokens > 0
 """
 
 
@@ -453,32 +476,56 @@ def bucket_of(day: date, interval: Interval) -> date:
     return day if interval == "day" else day - timedelta(days=day.weekday())
 
 
-async def _weekly_users(
-    conn: AsyncConnection, scope: Scope, split: _Split, live: _Live
+async def _rolled_active_since(
+    conn: AsyncConnection, scope: Scope, split: _Split, since: date
+) -> frozenset[str]:
+    """Users active in the rolled days from `since` (the bucket the watermark cuts): what the
+    live users of that bucket are joined with. Cached per roll-up state."""
+    if not split.has_rolled or since >= split.rolled_end:
+        return frozenset()
+    key = ("active-since", scope, since, split.rolled_end, split.generation)
+    found = ROLLED_CACHE.get(key)
+    if found is None:
+        params = {**split.params(scope), "since": since}
+        found = frozenset(u for (u,) in await conn.execute(text(_ROLLED_ACTIVE_SINCE), params))
+        ROLLED_CACHE.put(key, found, len(found) + 1)
+    return found  # type: ignore[no-any-return]
+
+
+async def _users_by_bucket(
+    conn: AsyncConnection, scope: Scope, split: _Split, live: _Live, interval: Interval
 ) -> dict[date, int]:
-    """Distinct active users per week. Weeks wholly rolled up: counted once per roll-up state
-    (cached); the week the watermark cuts: its rolled users (cached) joined with the live ones."""
+    """Distinct active users per day or week. Buckets wholly rolled up come from the roll-ups
+    (weeks counted once per roll-up state, cached); the bucket the watermark cuts joins its
+    rolled users with its live ones; later buckets are live only."""
     counts: dict[date, int] = {}
-    cut: set[str] = set()
-    cut_week = bucket_of(split.rolled_end, "week")
     if split.has_rolled:
-        key = ("weeks", scope, split.period.start, split.rolled_end, split.generation)
-        found = ROLLED_CACHE.get(key)
-        if found is None:
-            params = {**split.params(scope), "w_lo": cut_week}
-            weeks = {w: int(n) for w, n in await conn.execute(text(_ROLLED_WEEKS), params)}
-            partial: set[str] = set()
-            if cut_week < split.rolled_end and split.has_live:
-                partial = {u for (u,) in await conn.execute(text(_ROLLED_WEEK_USERS), params)}
-            found = (weeks, partial)
-            ROLLED_CACHE.put(key, found, len(weeks) + len(partial) + 1)
-        counts, cut = dict(found[0]), found[1]
-    by_week: dict[date, set[str]] = {}
+        if interval == "day":
+            rows = await conn.execute(
+                text(
+                    f"SELECT day, active_users FROM dashboard_days WHERE {_SCOPED} "
+                    "AND day >= :r_lo AND day < :r_hi"
+                ),
+                split.params(scope),
+            )
+            counts = {day: int(n) for day, n in rows}
+        else:
+            key = ("weeks", scope, split.period.start, split.rolled_end, split.generation)
+            found = ROLLED_CACHE.get(key)
+            if found is None:
+                rows = await conn.execute(text(_ROLLED_WEEKS), split.params(scope))
+                found = {week: int(n) for week, n in rows}
+                ROLLED_CACHE.put(key, found, len(found) + 1)
+            counts = dict(found)
+    by_bucket: dict[date, set[str]] = {}
     for day, user, tokens, _, _ in live.users:
         if tokens > 0:
-            by_week.setdefault(bucket_of(day, "week"), set()).add(user)
-    for week, users in by_week.items():
-        counts[week] = len(users | cut) if week == cut_week else len(users)
+            by_bucket.setdefault(bucket_of(day, interval), set()).add(user)
+    cut = bucket_of(split.cut_day, interval)
+    for bucket, users in by_bucket.items():
+        if bucket == cut:
+            users = users | await _rolled_active_since(conn, scope, split, cut)
+        counts[bucket] = len(users)
     return counts
 
 
@@ -490,14 +537,12 @@ async def trends(
     split = await _split(conn, period)
     live = await _live(conn, scope, split, actions=metric == "actions")
     values: dict[date, int] = {}
-    if metric == "users" and interval == "week":
-        values = await _weekly_users(conn, scope, split, live)
+    if metric == "users":
+        values = await _users_by_bucket(conn, scope, split, live, interval)
     else:
         for day, figures in (await _days(conn, scope, split, live)).items():
             bucket = bucket_of(day, interval)
-            amount = {"tokens": figures.tokens, "actions": figures.actions}.get(
-                metric, figures.users
-            )
+            amount = figures.tokens if metric == "tokens" else figures.actions
             values[bucket] = values.get(bucket, 0) + amount
     step = timedelta(days=1 if interval == "day" else 7)
     points = []

@@ -10,18 +10,20 @@ What a day holds, per partner and environment (UTC days, by the time the engine 
     credited the user (their distribution entries). A user is *active* on a day when at least one
     distribution credited them that day.
 
-The fold. A worker tick (`workers.dashboard_actors`) calls `roll_up`, which rolls up every *closed*
-day after the watermark `dashboard_rollup_state.closed_through`, a few days per transaction.
-A day is closed once `GRACE` has passed after its end: postings carry their transaction's start
-time, so a transaction that began before midnight may commit just after it, and no engine
-transaction stays open anywhere near `GRACE`. Each day is computed whole from the ledger and
-replaces any earlier roll-up of it (delete, insert), and the watermark moves in the same
-transaction, so a tick re-run, two workers racing (an advisory lock serialises them) or a worker
-killed mid-fold never counts anything twice. The submit hot path is untouched.
+The fold. A worker tick (`workers.dashboard_actors`, every minute by default) calls `roll_up`,
+which moves the watermark `dashboard_rollup_state.closed_until` (an instant) forward to the
+newest instant before which every row is committed: postings and actions carry their
+transaction's start time (`now()`), so that instant is the start of the oldest transaction still
+open in the database (`pg_stat_activity`), and never later than `now - GRACE`. The days from
+the old watermark's day to the new one are recomputed whole from the ledger (the last one up
+to the watermark) and replace their earlier rows (delete, insert), a few days per transaction,
+the watermark moving in the same transaction. So a tick re-run, two workers racing (an advisory
+lock serialises them) or a worker killed mid-fold never counts anything twice. The submit hot
+path is untouched.
 
-Days after the watermark (today, and yesterday until GRACE has passed) are not rolled up;
-`engine.dashboard` reads them live with the same definitions, bounded to those days through the
-`(partner_id, environment, created_at)` indexes.
+What follows the watermark (the last minute or so) is not rolled up; `engine.dashboard` reads it
+live with the same definitions, bounded through the `(partner_id, environment, created_at)`
+indexes, and merges it with the roll-ups.
 """
 
 # SQL here is composed from this module's constants only, never from request input:
@@ -35,7 +37,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-GRACE = timedelta(minutes=15)
+GRACE = timedelta(seconds=30)
 DAYS_PER_TRANSACTION = 7
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('sir.dashboard.rollup'))"
 
@@ -131,31 +133,44 @@ def midnight(day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=UTC)
 
 
-def last_closed_day(now: datetime) -> date:
-    """The latest UTC day that ended at least GRACE before `now`."""
-    return (now.astimezone(UTC) - GRACE).date() - timedelta(days=1)
+def day_after(moment: datetime) -> date:
+    """The first day wholly after `moment`'s day, unless `moment` is a midnight: the exclusive
+    day bound of [.., moment)."""
+    day = moment.astimezone(UTC).date()
+    return day if moment == midnight(day) else day + timedelta(days=1)
 
 
-async def closed_through(conn: AsyncConnection) -> date | None:
-    """The watermark: every UTC day up to it (inclusive) is in the roll-ups; None before the
-    first fold."""
+# Everything recorded before the oldest transaction still open in this database has committed
+# (or never will): a posting's created_at is its transaction's start. Bounded by `now - GRACE`
+# too, in case pg_stat_activity hides other roles' sessions from ours.
+_SAFE_UNTIL = """
+SELECT least(CAST(:bound AS timestamptz),
+             (SELECT min(xact_start) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()
+                 AND xact_start IS NOT NULL))
+"""
+
+
+async def closed_until(conn: AsyncConnection) -> datetime | None:
+    """The watermark: everything recorded before it is in the roll-ups; None before the first."""
     found = (
-        await conn.execute(text("SELECT closed_through FROM dashboard_rollup_state WHERE id = 1"))
+        await conn.execute(text("SELECT closed_until FROM dashboard_rollup_state WHERE id = 1"))
     ).scalar_one_or_none()
-    return found if isinstance(found, date) else None
+    return found if isinstance(found, datetime) else None
 
 
 @dataclass(frozen=True)
 class RollupRun:
-    days: int  # days rolled up by this run
-    closed_through: date | None  # the watermark after it
+    days: int  # days (re)computed by this run, the open day included
+    closed_until: datetime | None  # the watermark after it
 
 
-async def roll_up_days(conn: AsyncConnection, first: date, last: date) -> None:
-    """Recompute the roll-ups of the days `first`..`last` (inclusive), replacing what was there.
-    Idempotent; call inside a transaction holding the roll-up lock."""
-    hi_day = last + timedelta(days=1)
-    params = {"lo": midnight(first), "hi": midnight(hi_day), "lo_day": first, "hi_day": hi_day}
+async def roll_up_range(conn: AsyncConnection, first: date, until: datetime) -> None:
+    """Recompute the roll-ups of [midnight of `first`, `until`), replacing the rows of those
+    days (the last one partial when `until` is not a midnight). Idempotent; call inside a
+    transaction holding the roll-up lock."""
+    hi_day = day_after(until)
+    params = {"lo": midnight(first), "hi": until, "lo_day": first, "hi_day": hi_day}
     for table in ("dashboard_user_days", "dashboard_days"):
         await conn.execute(
             text(f"DELETE FROM {table} WHERE day >= :lo_day AND day < :hi_day"), params
@@ -165,44 +180,43 @@ async def roll_up_days(conn: AsyncConnection, first: date, last: date) -> None:
 
 
 async def roll_up(db: AsyncEngine, now: datetime, *, max_days: int = 400) -> RollupRun:
-    """Roll up every closed day after the watermark, `DAYS_PER_TRANSACTION` days per
-    transaction, at most `max_days` in this run (the next tick carries on)."""
+    """Roll up everything safely committed since the watermark (see `_SAFE_UNTIL`; never past
+    `now - GRACE`), `DAYS_PER_TRANSACTION` days per transaction, at most `max_days` per run
+    (the next tick carries on). The day the watermark is in is recomputed from its midnight."""
     done = 0
-    through: date | None = None
-    target = last_closed_day(now)
+    until: datetime | None = None
     while done < max_days:
         async with db.begin() as conn:
             await conn.execute(text(_LOCK))
-            through = await closed_through(conn)
-            if through is None:
-                first = (await conn.execute(text(_FIRST_DAY))).scalar_one_or_none()
-                if not isinstance(first, date) or first > target:
-                    # Nothing recorded before today: every closed day is (trivially) rolled up.
-                    first = target + timedelta(days=1)
-            else:
-                first = through + timedelta(days=1)
-            if first > target:
-                if through is None or through < target:
-                    await _advance(conn, target)
-                    through = target
+            target = (await conn.execute(text(_SAFE_UNTIL), {"bound": now - GRACE})).scalar_one()
+            until = await closed_until(conn)
+            if until is None:
+                found = (await conn.execute(text(_FIRST_DAY))).scalar_one_or_none()
+                first = found if isinstance(found, date) else target.astimezone(UTC).date()
+            elif until >= target:
                 break
-            last = min(
-                target, first + timedelta(days=min(DAYS_PER_TRANSACTION, max_days - done) - 1)
-            )
-            await roll_up_days(conn, first, last)
-            await _advance(conn, last)
-            through = last
-            done += (last - first).days + 1
-    return RollupRun(done, through)
+            else:
+                first = until.astimezone(UTC).date()
+            chunk_end = midnight(first + timedelta(days=min(DAYS_PER_TRANSACTION, max_days - done)))
+            new_until = min(target, chunk_end)
+            if new_until <= midnight(first) and until is not None:
+                break
+            await roll_up_range(conn, first, new_until)
+            await _advance(conn, new_until)
+            done += (day_after(new_until) - first).days
+            until = new_until
+            if new_until >= target:
+                break
+    return RollupRun(done, until)
 
 
-async def _advance(conn: AsyncConnection, day: date) -> None:
+async def _advance(conn: AsyncConnection, until: datetime) -> None:
     await conn.execute(
         text(
-            "UPDATE dashboard_rollup_state SET closed_through = :day, updated_at = now() "
+            "UPDATE dashboard_rollup_state SET closed_until = :until, updated_at = now() "
             "WHERE id = 1"
         ),
-        {"day": day},
+        {"until": until},
     )
 
 
@@ -210,12 +224,12 @@ __all__ = [
     "ALL_SCOPES",
     "GRACE",
     "RollupRun",
-    "closed_through",
+    "closed_until",
+    "day_after",
     "day_actions_sql",
     "day_tokens_sql",
-    "last_closed_day",
     "midnight",
     "roll_up",
-    "roll_up_days",
+    "roll_up_range",
     "user_days_sql",
 ]

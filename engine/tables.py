@@ -920,7 +920,7 @@ dashboard_rollup_state = Table(
     "dashboard_rollup_state",
     metadata,
     Column("id", SmallInteger, primary_key=True, server_default="1"),
-    Column("closed_through", Date),
+    Column("closed_until", DateTime(timezone=True)),
     _updated(),
 )
 

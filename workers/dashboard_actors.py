@@ -91,11 +91,11 @@ async def fold_api_usage() -> None:
 
 @dramatiq.actor(queue_name=QUEUE, time_limit=10 * 60 * 1000)
 async def roll_up_dashboards() -> None:
-    """Roll up the closed UTC days the dashboard has not rolled up yet."""
+    """Roll the dashboard's daily figures up to the newest safely committed instant."""
     run = await rollups.roll_up(runtime.database(), datetime.now(UTC))
     ROLLED_DAYS.inc(run.days)
     if run.days:
-        log.info("rolled up %d day(s), through %s", run.days, run.closed_through)
+        log.info("rolled up %d day(s), until %s", run.days, run.closed_until)
 
 
 TICKS = [
@@ -106,7 +106,7 @@ TICKS = [
     ),
     Tick(
         "roll_up_dashboards",
-        float(os.environ.get("SIR_DASHBOARD_ROLLUP_SECONDS", "300")),
+        float(os.environ.get("SIR_DASHBOARD_ROLLUP_SECONDS", "60")),
         roll_up_dashboards.send,
     ),
 ]

@@ -26,7 +26,7 @@ from engine.api_usage import FOLDING_KEY
 from engine.credentials import IssuedKeys, issue_keys
 from engine.money import Tokens
 from engine.reversals import ReversalRequest, reverse_action
-from engine.rollups import roll_up
+from engine.rollups import GRACE, roll_up
 from engine.submit import submit_action
 from engine.webhooks import AttemptResult, EndpointSpec
 from engine.wire import loads
@@ -106,7 +106,7 @@ async def _reset_rollups(db) -> None:
     """Forget the watermark: every day is read live until the next roll-up (tests age rows into
     days an earlier test may have closed already)."""
     async with db.begin() as conn:
-        await conn.execute(text("UPDATE dashboard_rollup_state SET closed_through = NULL"))
+        await conn.execute(text("UPDATE dashboard_rollup_state SET closed_until = NULL"))
 
 
 async def _ledger_credits(db, scope, lo: datetime, hi: datetime) -> int:
@@ -163,6 +163,8 @@ async def test_figures_equal_the_ledger_live_and_rolled_up(db, box, make_partner
             if d != days_ago:
                 continue
             answer = await _submit(db, scope, user, amount)
+            if user == "ann" and days_ago == 0:
+                cut = await _db_now(db)  # the first roll-up stops here: today is split
             day = today - timedelta(days=days_ago)
             per_day[day] += answer["tokensDistributed"].micro
             actions_per_day[day] += 1
@@ -251,11 +253,26 @@ async def test_figures_equal_the_ledger_live_and_rolled_up(db, box, make_partner
         "value": len(week_users),
     }
 
-    # The roll-up: closed days now come from it, with the same answers; a second run (a
-    # re-delivered tick) changes nothing.
-    run = await roll_up(db, datetime.now(UTC))
-    assert run.closed_through is not None and run.closed_through >= today - timedelta(days=2)
+    # The roll-up: closed days and the start of today now come from it, with the same
+    # answers (today: ann's first action rolled up, bob's read live); then up to now; a
+    # second run (a re-delivered tick) changes nothing.
+    run = await roll_up(db, cut + GRACE)
+    assert run.closed_until is not None and run.closed_until <= cut
     assert run.days >= 40
+    async with db.connect() as conn:
+        rolled_today = (
+            await conn.execute(
+                text(
+                    "SELECT actions, active_users FROM dashboard_days "
+                    "WHERE partner_id = :partner_id AND day = :today"
+                ),
+                {**scope.params, "today": today},
+            )
+        ).one()
+    assert tuple(rolled_today) == (1, 1)  # ann's first action only
+    assert await snapshot() == live
+    run = await roll_up(db, datetime.now(UTC) + GRACE)
+    assert run.closed_until is not None and run.closed_until > cut
     assert await snapshot() == live
     async with db.connect() as conn:
         rows_before = (
@@ -269,8 +286,8 @@ async def test_figures_equal_the_ledger_live_and_rolled_up(db, box, make_partner
         ).all()
     assert rows_before and rows_before[0][0] == today - timedelta(days=40)
     await _reset_rollups(db)
-    await roll_up(db, datetime.now(UTC))
-    await roll_up(db, datetime.now(UTC))
+    await roll_up(db, datetime.now(UTC) + GRACE)
+    await roll_up(db, datetime.now(UTC) + GRACE)
     async with db.connect() as conn:
         rows_after = (
             await conn.execute(

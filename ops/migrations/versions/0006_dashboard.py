@@ -11,9 +11,10 @@ Additive only (new tables), so the previous release of the code keeps working.
 - `dashboard_user_days`: one row per user credited or reversed on that day (the source of
   "active users" over any range and of the top earners). The primary key INCLUDEs the figures
   so a range of days is read by an index-only scan.
-- `dashboard_rollup_state`: one row, the last UTC day the roll-up has closed (a watermark).
-  Days after it are answered by a bounded live query over the postings; a day is rolled up
-  whole and replaces any earlier roll-up of it, so a re-run counts nothing twice.
+- `dashboard_rollup_state`: one row, the instant up to which the ledger is rolled up (a
+  watermark). What follows it is answered by a bounded live query over the postings; a day is
+  recomputed from its midnight and replaces any earlier roll-up of it, so a re-run counts
+  nothing twice.
 - `api_usage_days`: requests per partner, environment, UTC day, route class and status,
   counted in Redis by the front and folded here by a worker tick.
 - `api_usage_folds`: the id of every fold applied, so a fold retried after its worker died
@@ -56,7 +57,7 @@ CREATE TABLE dashboard_user_days (
 );
 CREATE TABLE dashboard_rollup_state (
     id smallint PRIMARY KEY DEFAULT 1,
-    closed_through date,
+    closed_until timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT ck_dashboard_rollup_state_one_row CHECK (id = 1)
 );
