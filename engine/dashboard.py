@@ -19,27 +19,28 @@ reads a few index ranges whatever the size of the ledger. Pool balances are the 
 from __future__ import annotations
 
 import heapq
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import text
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.errors import ValidationFailed
 from engine.money import Tokens
-from engine.rollups import day_after, midnight
+from engine.rollups import HOUR, hour_floor, midnight, webhook_hours_sql
 from engine.scope import Scope
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
 TOP_EARNERS_DEFAULT = 10
 TOP_EARNERS_MAX = 200
-HEALTH_DEFAULT = timedelta(hours=24)
+HEALTH_DEFAULT = timedelta(hours=25)
 HEALTH_MAX = timedelta(days=7)
 # Retries of a delivery stop about 24 hours after its event (contract 9): an attempt made in a
 # window belongs to a delivery created at most this long before the window opens.
@@ -141,25 +142,39 @@ def parse_choice(name: str, raw: str | None, choices: tuple[str, ...], default: 
 
 @dataclass(frozen=True, slots=True)
 class _Split:
-    """A period cut at the roll-up watermark: days [start, rolled_end) from the roll-ups (the
-    last of them possibly partial), instants [live_lo, end) live. The day of `live_lo` may
-    hold both. `generation` names the roll-up state the rolled part was read from (the key of
-    what the cache derives from it)."""
+    """A period cut by the roll-up watermark `until`:
+      - full days [start, full_end): complete in the roll-ups;
+      - the cut day `full_end`, when the watermark falls inside it and inside the period: its
+        roll-up rows cover [midnight, until), what follows is live;
+      - live instants [live_lo, end).
+    `days_version` changes only when the roll-up recomputes a complete day, so what is derived
+    from the full days is cached for the day; what comes from the cut day is keyed by `until`."""
 
     period: Period
-    rolled_end: date
+    full_end: date
+    cut: bool  # the roll-ups hold part of day `full_end`
     live_lo: datetime
-    generation: tuple[Any, ...]
+    days_version: int
+    until: datetime | None
+
+    @property
+    def rolled_end(self) -> date:
+        """Exclusive day bound of what the roll-ups hold (the cut day included)."""
+        return self.full_end + timedelta(days=1) if self.cut else self.full_end
 
     def params(self, scope: Scope) -> dict[str, Any]:
-        live_hi = max(self.live_lo, midnight(self.period.end))
         return {
             **scope.params,
             "r_lo": self.period.start,
             "r_hi": self.rolled_end,
+            "full_end": self.full_end,
             "lo": self.live_lo,
-            "hi": live_hi,
+            "hi": max(self.live_lo, midnight(self.period.end)),
         }
+
+    @property
+    def has_full(self) -> bool:
+        return self.period.start < self.full_end
 
     @property
     def has_rolled(self) -> bool:
@@ -169,26 +184,22 @@ class _Split:
     def has_live(self) -> bool:
         return self.live_lo < midnight(self.period.end)
 
-    @property
-    def cut_day(self) -> date:
-        """The day that may hold rolled and live figures both."""
-        return self.live_lo.astimezone(UTC).date()
-
 
 async def _split(conn: AsyncConnection, period: Period) -> _Split:
     row = (
         await conn.execute(
-            text("SELECT closed_until, updated_at FROM dashboard_rollup_state WHERE id = 1")
+            text("SELECT closed_until, days_version FROM dashboard_rollup_state WHERE id = 1")
         )
     ).one_or_none()
-    until = row[0] if row is not None else None
-    generation = tuple(row) if row is not None else ()
+    until: datetime | None = row[0] if row is not None else None
+    version = int(row[1]) if row is not None else 0
     start, end = midnight(period.start), midnight(period.end)
     if until is None or until <= start:
-        return _Split(period, period.start, start, generation)
+        return _Split(period, period.start, False, start, version, until)
     if until >= end:
-        return _Split(period, period.end, end, generation)
-    return _Split(period, day_after(until), until, generation)
+        return _Split(period, period.end, False, end, version, until)
+    full_end = until.astimezone(UTC).date()
+    return _Split(period, full_end, until != midnight(full_end), until, version, until)
 
 
 class _RolledCache:
@@ -329,21 +340,48 @@ class _RolledUsers:
 
 _ROLLED_USERS = f"""
 SELECT partner_user_id, sum(tokens), sum(tokens_reversed), sum(actions)
-FROM dashboard_user_days WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi
+FROM dashboard_user_days WHERE {_SCOPED} AND day >= :lo_day AND day < :hi_day
 GROUP BY partner_user_id
 """
 _NO_USERS = _RolledUsers({}, [])
 
 
-async def _rolled_users(conn: AsyncConnection, scope: Scope, split: _Split) -> _RolledUsers:
-    """Per-user totals over the rolled part of the period (cached per roll-up state)."""
-    if not split.has_rolled:
+async def _users_between(
+    conn: AsyncConnection, scope: Scope, lo: date, hi: date, version: Any
+) -> _RolledUsers:
+    """Per-user totals of the rolled days [lo, hi), cached under `version`."""
+    if lo >= hi:
         return _NO_USERS
-    key = ("users", scope, split.period.start, split.rolled_end, split.generation)
+    key = ("users", scope, lo, hi, version)
     found = ROLLED_CACHE.get(key)
     if found is None:
-        rows = await conn.execute(text(_ROLLED_USERS), split.params(scope))
+        rows = await conn.execute(text(_ROLLED_USERS), {**scope.params, "lo_day": lo, "hi_day": hi})
         totals = {user: (int(t), int(r), int(a)) for user, t, r, a in rows}
+        ranked = sorted((-t, user) for user, (t, _, _) in totals.items() if t > 0)
+        found = _RolledUsers(totals, ranked)
+        ROLLED_CACHE.put(key, found, 2 * len(totals) + 1)
+    return found  # type: ignore[no-any-return]
+
+
+async def _rolled_users(conn: AsyncConnection, scope: Scope, split: _Split) -> _RolledUsers:
+    """Per-user totals over the rolled part of the period: the complete days (cached for the
+    day) plus the cut day's rows (cached until the watermark moves)."""
+    full = await _users_between(
+        conn, scope, split.period.start, split.full_end, ("days", split.days_version)
+    )
+    if not split.cut:
+        return full
+    cut_end = split.full_end + timedelta(days=1)
+    cut = await _users_between(conn, scope, split.full_end, cut_end, ("cut", split.until))
+    if not cut.totals:
+        return full
+    key = ("merged", scope, split.period.start, cut_end, split.days_version, split.until)
+    found = ROLLED_CACHE.get(key)
+    if found is None:
+        totals = dict(full.totals)
+        for user, (t, r, a) in cut.totals.items():
+            ft, fr, fa = totals.get(user, (0, 0, 0))
+            totals[user] = (ft + t, fr + r, fa + a)
         ranked = sorted((-t, user) for user, (t, _, _) in totals.items() if t > 0)
         found = _RolledUsers(totals, ranked)
         ROLLED_CACHE.put(key, found, 2 * len(totals) + 1)
@@ -462,12 +500,16 @@ async def top_earners(
 _ROLLED_WEEKS = f"""
 SELECT CAST(date_trunc('week', day) AS date) AS week, count(DISTINCT partner_user_id)
 FROM dashboard_user_days
-WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi AND tokens > 0
+WHERE {_SCOPED} AND day >= :lo_day AND day < :hi_day AND tokens > 0
 GROUP BY 1
 """
-_ROLLED_ACTIVE_SINCE = f"""
+_ROLLED_DAYS_USERS = f"""
+SELECT day, active_users FROM dashboard_days
+WHERE {_SCOPED} AND day >= :lo_day AND day < :hi_day
+"""
+_ACTIVE_BETWEEN = f"""
 SELECT DISTINCT partner_user_id FROM dashboard_user_days
-WHERE {_SCOPED} AND day >= :since AND day < :r_hi AND tokens > 0
+WHERE {_SCOPED} AND day >= :lo_day AND day < :hi_day AND tokens > 0
 """
 
 
@@ -476,18 +518,17 @@ def bucket_of(day: date, interval: Interval) -> date:
     return day if interval == "day" else day - timedelta(days=day.weekday())
 
 
-async def _rolled_active_since(
-    conn: AsyncConnection, scope: Scope, split: _Split, since: date
+async def _active_between(
+    conn: AsyncConnection, scope: Scope, lo: date, hi: date, version: Any
 ) -> frozenset[str]:
-    """Users active in the rolled days from `since` (the bucket the watermark cuts): what the
-    live users of that bucket are joined with. Cached per roll-up state."""
-    if not split.has_rolled or since >= split.rolled_end:
+    """Users active in the rolled days [lo, hi), cached under `version`."""
+    if lo >= hi:
         return frozenset()
-    key = ("active-since", scope, since, split.rolled_end, split.generation)
+    key = ("active", scope, lo, hi, version)
     found = ROLLED_CACHE.get(key)
     if found is None:
-        params = {**split.params(scope), "since": since}
-        found = frozenset(u for (u,) in await conn.execute(text(_ROLLED_ACTIVE_SINCE), params))
+        params = {**scope.params, "lo_day": lo, "hi_day": hi}
+        found = frozenset(u for (u,) in await conn.execute(text(_ACTIVE_BETWEEN), params))
         ROLLED_CACHE.put(key, found, len(found) + 1)
     return found  # type: ignore[no-any-return]
 
@@ -495,36 +536,40 @@ async def _rolled_active_since(
 async def _users_by_bucket(
     conn: AsyncConnection, scope: Scope, split: _Split, live: _Live, interval: Interval
 ) -> dict[date, int]:
-    """Distinct active users per day or week. Buckets wholly rolled up come from the roll-ups
-    (weeks counted once per roll-up state, cached); the bucket the watermark cuts joins its
-    rolled users with its live ones; later buckets are live only."""
+    """Distinct active users per day or week. Buckets before the one holding the end of the
+    complete days come from the roll-ups (weeks counted once per day, cached); that bucket
+    joins its rolled users (complete days, the cut day) with its live ones; later buckets are
+    live only."""
     counts: dict[date, int] = {}
-    if split.has_rolled:
+    edge = bucket_of(split.full_end, interval)
+    if split.period.start < edge:
+        params = {**scope.params, "lo_day": split.period.start, "hi_day": edge}
         if interval == "day":
-            rows = await conn.execute(
-                text(
-                    f"SELECT day, active_users FROM dashboard_days WHERE {_SCOPED} "
-                    "AND day >= :r_lo AND day < :r_hi"
-                ),
-                split.params(scope),
-            )
+            rows = await conn.execute(text(_ROLLED_DAYS_USERS), params)
             counts = {day: int(n) for day, n in rows}
         else:
-            key = ("weeks", scope, split.period.start, split.rolled_end, split.generation)
+            key = ("weeks", scope, split.period.start, edge, split.days_version)
             found = ROLLED_CACHE.get(key)
             if found is None:
-                rows = await conn.execute(text(_ROLLED_WEEKS), split.params(scope))
-                found = {week: int(n) for week, n in rows}
+                found = {w: int(n) for w, n in await conn.execute(text(_ROLLED_WEEKS), params)}
                 ROLLED_CACHE.put(key, found, len(found) + 1)
             counts = dict(found)
     by_bucket: dict[date, set[str]] = {}
     for day, user, tokens, _, _ in live.users:
         if tokens > 0:
             by_bucket.setdefault(bucket_of(day, interval), set()).add(user)
-    cut = bucket_of(split.cut_day, interval)
+    if edge < split.period.end:
+        edge_users = set(by_bucket.pop(edge, set()))
+        edge_users |= await _active_between(
+            conn, scope, edge, split.full_end, ("days", split.days_version)
+        )
+        if split.cut:
+            cut_end = split.full_end + timedelta(days=1)
+            edge_users |= await _active_between(
+                conn, scope, split.full_end, cut_end, ("cut", split.until)
+            )
+        counts[edge] = len(edge_users)
     for bucket, users in by_bucket.items():
-        if bucket == cut:
-            users = users | await _rolled_active_since(conn, scope, split, cut)
         counts[bucket] = len(users)
     return counts
 
@@ -565,7 +610,8 @@ async def trends(
 def parse_window(
     raw_from: str | None, raw_to: str | None, now: datetime
 ) -> tuple[datetime, datetime]:
-    """The webhook-health window: exact times, default the last 24 hours, at most 7 days."""
+    """The webhook-health window in whole UTC hours: by default the current hour and the 24
+    before it; at most 7 days."""
     problems: dict[str, list[str]] = {}
     found: dict[str, datetime | None] = {}
     for name, raw in (("from", raw_from), ("to", raw_to)):
@@ -576,8 +622,10 @@ def parse_window(
             found[name] = None
     if problems:
         raise ValidationFailed(problems)
-    upper = found["to"] or now.astimezone(UTC)
-    lower = found["from"] or upper - HEALTH_DEFAULT
+    # Whole UTC hours: `from` back to its hour, `to` up to the next (unless on one); by default
+    # the current hour and the 24 before it.
+    upper = _hour_ceil(found["to"] or now.astimezone(UTC))
+    lower = hour_floor(found["from"]) if found["from"] is not None else upper - HEALTH_DEFAULT
     if upper <= lower:
         raise ValidationFailed({"to": ["must be after from"]})
     if upper - lower > HEALTH_MAX:
@@ -585,48 +633,30 @@ def parse_window(
     return lower, upper
 
 
-# Attempts of the scope's deliveries made in the window. Deliveries are found per endpoint through
-# (endpoint_id, created_at), bounded below by the retry lifetime; attempts by delivery_id.
-_ATTEMPTS = """
-SELECT d.endpoint_id, t.id, t.status_code, t.latency_ms, t.attempted_at
+def _hour_ceil(moment: datetime) -> datetime:
+    floor = hour_floor(moment)
+    return floor if floor == moment else floor + HOUR
+
+
+# The scope's attempts in [:lo, :hi): deliveries found per endpoint through (endpoint_id,
+# created_at), bounded below by the retry lifetime; attempts by delivery_id.
+_SCOPE_ATTEMPTS = """
+SELECT w.partner_id, w.environment, d.endpoint_id, t.id, t.attempted_at, t.status_code,
+       t.latency_ms
 FROM webhook_endpoints w
 JOIN webhook_deliveries d ON d.endpoint_id = w.id AND d.created_at >= :oldest
 JOIN webhook_attempts t ON t.delivery_id = d.id
 WHERE w.partner_id = :partner_id AND w.environment = :environment
   AND t.attempted_at >= :lo AND t.attempted_at < :hi
 """
-# One statement, the attempts read once: the overall figures on every row, one row per failing or
-# disabled endpoint (or one row of NULLs when there is none).
-_HEALTH = f"""
-WITH a AS MATERIALIZED ({_ATTEMPTS}),
-overall AS (
-  SELECT count(*) AS attempts,
-         count(*) FILTER (WHERE status_code BETWEEN 200 AND 299) AS succeeded,
-         percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
-         percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
-         percentile_disc(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
-  FROM a
-),
-f AS (
-  SELECT endpoint_id, count(*) AS attempts,
-         count(*) FILTER (WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)
-           AS failures,
-         max(attempted_at) FILTER (WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)
-           AS last_failure_at,
-         (array_agg(status_code ORDER BY attempted_at DESC, id DESC))[1] AS last_status_code
-  FROM a GROUP BY endpoint_id
-),
-failing AS (
-  SELECT w.id, w.url, w.is_active, w.disabled_reason, COALESCE(f.attempts, 0) AS endpoint_attempts,
-         COALESCE(f.failures, 0) AS failures, f.last_failure_at, f.last_status_code
-  FROM webhook_endpoints w LEFT JOIN f ON f.endpoint_id = w.id
-  WHERE w.partner_id = :partner_id AND w.environment = :environment
-    AND (f.failures > 0 OR NOT w.is_active)
-  ORDER BY COALESCE(f.failures, 0) DESC, w.id
-  LIMIT :max
-)
-SELECT overall.*, failing.* FROM overall LEFT JOIN failing ON true
-ORDER BY failing.failures DESC NULLS LAST, failing.id
+_LIVE_HOURS = webhook_hours_sql(_SCOPE_ATTEMPTS)
+_ROLLED_HOURS = f"""
+SELECT endpoint_id, hour, attempts, succeeded, latencies, last_status_code, last_attempt_at,
+       last_failure_at
+FROM dashboard_webhook_hours WHERE {_SCOPED} AND hour >= :lo AND hour < :hi
+"""
+_ENDPOINTS = f"""
+SELECT id, url, is_active, disabled_reason FROM webhook_endpoints WHERE {_SCOPED}
 """
 _PENDING = f"""
 SELECT count(*) FROM webhook_deliveries
@@ -634,45 +664,98 @@ WHERE {_SCOPED} AND status = 'PENDING'
 """
 
 
+def nearest_rank(histogram: Mapping[int, int], q: float) -> int | None:
+    """The nearest-rank percentile `q` (0-1] of a {value: count} histogram."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return value
+    return None  # unreachable: seen reaches total
+
+
+@dataclass
+class _EndpointHealth:
+    attempts: int = 0
+    failures: int = 0
+    last_failure_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+
+
 async def webhook_health(
     conn: AsyncConnection, scope: Scope, lower: datetime, upper: datetime
 ) -> dict[str, Any]:
-    """Delivery attempts in [lower, upper): success rate, latency percentiles, failing endpoints."""
-    params = {**scope.params, "lo": lower, "hi": upper, "oldest": lower - _DELIVERY_LIFETIME}
-    rows = (
-        (await conn.execute(text(_HEALTH), {**params, "max": FAILING_ENDPOINTS_MAX}))
-        .mappings()
-        .all()
-    )
-    health = rows[0]
+    """Delivery attempts in the whole hours [lower, upper): success rate, exact latency
+    percentiles, failing endpoints. Hours folded by the roll-up come from it; later ones live."""
+    until = (
+        await conn.execute(text("SELECT webhooks_until FROM dashboard_rollup_state"))
+    ).scalar_one_or_none()
+    split = lower if until is None else min(max(until, lower), upper)
+    params = {**scope.params, "lo": lower, "hi": split}
+    rows: list[tuple[Any, ...]] = [
+        tuple(row) for row in await conn.execute(text(_ROLLED_HOURS), params)
+    ]
+    if split < upper:
+        live = await conn.execute(
+            text(_LIVE_HOURS),
+            {**scope.params, "lo": split, "hi": upper, "oldest": split - _DELIVERY_LIFETIME},
+        )
+        rows += [tuple(row)[2:] for row in live]  # without partner_id, environment
+    latencies: dict[int, int] = {}
+    endpoints: dict[str, _EndpointHealth] = {}
+    attempts = succeeded = 0
+    for endpoint_id, _, n, ok, histogram, last_status, last_at, last_failure in rows:
+        attempts += int(n)
+        succeeded += int(ok)
+        for value, count in histogram.items():
+            latencies[int(value)] = latencies.get(int(value), 0) + int(count)
+        health = endpoints.setdefault(endpoint_id, _EndpointHealth())
+        health.attempts += int(n)
+        health.failures += int(n) - int(ok)
+        if last_failure is not None and (
+            health.last_failure_at is None or last_failure > health.last_failure_at
+        ):
+            health.last_failure_at = last_failure
+        if health.last_attempt_at is None or last_at > health.last_attempt_at:
+            health.last_attempt_at, health.last_status_code = last_at, last_status
+    failing = []
+    for row in (await conn.execute(text(_ENDPOINTS), scope.params)).mappings():
+        health = endpoints.get(row["id"], _EndpointHealth())
+        if health.failures > 0 or not row["is_active"]:
+            failing.append((row, health))
+    failing.sort(key=lambda item: (-item[1].failures, item[0]["id"]))
     pending = (await conn.execute(text(_PENDING), scope.params)).scalar_one()
-    attempts, succeeded = int(health["attempts"]), int(health["succeeded"])
     return {
         "from": lower,
         "to": upper,
         "attempts": attempts,
         "succeeded": succeeded,
         "failed": attempts - succeeded,
-        "successRate": round(succeeded / attempts, 4) if attempts else None,
+        "successRate": round(Decimal(succeeded) / attempts, 4).normalize() if attempts else None,
         "latencyMs": {
-            name: None if health[name] is None else int(health[name])
-            for name in ("p50", "p95", "p99")
+            "p50": nearest_rank(latencies, 0.5),
+            "p95": nearest_rank(latencies, 0.95),
+            "p99": nearest_rank(latencies, 0.99),
         },
         "pendingDeliveries": int(pending),
-        "failingEndpoints": [_failing_json(row) for row in rows if row["id"] is not None],
-    }
-
-
-def _failing_json(row: RowMapping | Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "endpointId": row["id"],
-        "url": row["url"],
-        "isActive": row["is_active"],
-        "disabledReason": row["disabled_reason"],
-        "attempts": int(row["endpoint_attempts"]),
-        "failures": int(row["failures"]),
-        "lastStatusCode": row["last_status_code"],
-        "lastFailureAt": row["last_failure_at"],
+        "failingEndpoints": [
+            {
+                "endpointId": row["id"],
+                "url": row["url"],
+                "isActive": row["is_active"],
+                "disabledReason": row["disabled_reason"],
+                "attempts": health.attempts,
+                "failures": health.failures,
+                "lastStatusCode": health.last_status_code,
+                "lastFailureAt": health.last_failure_at,
+            }
+            for row, health in failing[:FAILING_ENDPOINTS_MAX]
+        ],
     }
 
 

@@ -202,7 +202,7 @@ async def roll_up(db: AsyncEngine, now: datetime, *, max_days: int = 400) -> Rol
             if new_until <= midnight(first) and until is not None:
                 break
             await roll_up_range(conn, first, new_until)
-            await _advance(conn, new_until)
+            await _advance(conn, new_until, whole_days=first < new_until.astimezone(UTC).date())
             done += (day_after(new_until) - first).days
             until = new_until
             if new_until >= target:
@@ -210,14 +210,106 @@ async def roll_up(db: AsyncEngine, now: datetime, *, max_days: int = 400) -> Rol
     return RollupRun(done, until)
 
 
-async def _advance(conn: AsyncConnection, until: datetime) -> None:
+async def _advance(conn: AsyncConnection, until: datetime, *, whole_days: bool) -> None:
+    """Move the watermark; `whole_days` when complete days were (re)computed, which readers
+    must see as a new version of the complete days."""
     await conn.execute(
         text(
-            "UPDATE dashboard_rollup_state SET closed_until = :until, updated_at = now() "
-            "WHERE id = 1"
+            "UPDATE dashboard_rollup_state SET closed_until = :until, updated_at = now(), "
+            "days_version = days_version + CAST(:bump AS integer) WHERE id = 1"
         ),
-        {"until": until},
+        {"until": until, "bump": 1 if whole_days else 0},
     )
+
+
+# -- webhook attempts, by endpoint and UTC hour --------------------------------------------------
+
+HOUR = timedelta(hours=1)
+# Attempts carry the time the worker took before recording them, not their transaction's start:
+# an hour is folded once this long has passed after its end.
+WEBHOOK_GRACE = timedelta(minutes=2)
+
+# Every attempt made in [:lo, :hi), with its scope and endpoint.
+ALL_ATTEMPTS = """
+SELECT d.partner_id, d.environment, d.endpoint_id, t.id, t.attempted_at, t.status_code,
+       t.latency_ms
+FROM webhook_attempts t JOIN webhook_deliveries d ON d.id = t.delivery_id
+WHERE t.attempted_at >= :lo AND t.attempted_at < :hi
+"""
+
+
+def webhook_hours_sql(attempts: str) -> str:
+    """Per scope, endpoint and hour: attempts, succeeded, an exact latency histogram, the status
+    and time of the last attempt and the time of the last failure, over `attempts`."""
+    return f"""
+WITH a AS MATERIALIZED (
+  SELECT x.*, date_trunc('hour', x.attempted_at) AS hour,
+         COALESCE(x.status_code BETWEEN 200 AND 299, false) AS ok
+  FROM ({attempts}) AS x
+),
+lat AS (
+  SELECT partner_id, environment, endpoint_id, hour, latency_ms, count(*) AS n
+  FROM a WHERE latency_ms IS NOT NULL GROUP BY 1, 2, 3, 4, 5
+),
+hist AS (
+  SELECT partner_id, environment, endpoint_id, hour, jsonb_object_agg(latency_ms, n) AS latencies
+  FROM lat GROUP BY 1, 2, 3, 4
+),
+agg AS (
+  SELECT partner_id, environment, endpoint_id, hour, count(*) AS attempts,
+         count(*) FILTER (WHERE ok) AS succeeded,
+         max(attempted_at) FILTER (WHERE NOT ok) AS last_failure_at,
+         (array_agg(status_code ORDER BY attempted_at DESC, id DESC))[1] AS last_status_code,
+         max(attempted_at) AS last_attempt_at
+  FROM a GROUP BY 1, 2, 3, 4
+)
+SELECT agg.partner_id, agg.environment, agg.endpoint_id, agg.hour, agg.attempts, agg.succeeded,
+       COALESCE(hist.latencies, '{{}}'::jsonb) AS latencies, agg.last_status_code,
+       agg.last_attempt_at, agg.last_failure_at
+FROM agg LEFT JOIN hist USING (partner_id, environment, endpoint_id, hour)
+"""
+
+
+_INSERT_WEBHOOK_HOURS = (
+    "INSERT INTO dashboard_webhook_hours (partner_id, environment, endpoint_id, hour, attempts, "
+    "succeeded, latencies, last_status_code, last_attempt_at, last_failure_at) "
+    + webhook_hours_sql(ALL_ATTEMPTS)
+)
+
+
+def hour_floor(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+async def roll_up_webhooks(db: AsyncEngine, now: datetime, *, max_hours: int = 24 * 8) -> int:
+    """Fold the webhook attempts of every hour that ended WEBHOOK_GRACE ago and is not folded
+    yet (at most `max_hours` per run, from the oldest attempt the first time); an hour is
+    recomputed whole and replaces its rows. Returns the hours folded."""
+    target = hour_floor(now - WEBHOOK_GRACE)
+    async with db.begin() as conn:
+        await conn.execute(text(_LOCK))
+        until = (
+            await conn.execute(text("SELECT webhooks_until FROM dashboard_rollup_state"))
+        ).scalar_one_or_none()
+        if until is None:
+            oldest = (
+                await conn.execute(text("SELECT min(attempted_at) FROM webhook_attempts"))
+            ).scalar_one_or_none()
+            until = hour_floor(oldest) if oldest is not None else target
+        first = until
+        last = min(target, first + max_hours * HOUR)
+        if last > first:
+            params = {"lo": first, "hi": last}
+            await conn.execute(
+                text("DELETE FROM dashboard_webhook_hours WHERE hour >= :lo AND hour < :hi"),
+                params,
+            )
+            await conn.execute(text(_INSERT_WEBHOOK_HOURS), params)
+        await conn.execute(
+            text("UPDATE dashboard_rollup_state SET webhooks_until = :until, updated_at = now()"),
+            {"until": max(last, first)},
+        )
+    return int((last - first) / HOUR) if last > first else 0
 
 
 __all__ = [
@@ -231,5 +323,7 @@ __all__ = [
     "midnight",
     "roll_up",
     "roll_up_range",
+    "roll_up_webhooks",
+    "webhook_hours_sql",
     "user_days_sql",
 ]

@@ -654,6 +654,7 @@ webhook_attempts = Table(
     Column("error", Text),
     Column("response_excerpt", Text),  # the first 500 characters the receiver answered
     Index(None, "delivery_id"),
+    Index(None, "attempted_at"),  # the dashboard's hourly fold (migration 0006)
 )
 
 # -- donations ------------------------------------------------------------------------------------------
@@ -921,7 +922,25 @@ dashboard_rollup_state = Table(
     metadata,
     Column("id", SmallInteger, primary_key=True, server_default="1"),
     Column("closed_until", DateTime(timezone=True)),
+    # Bumped whenever a complete day is (re)computed: what readers cache about complete days.
+    Column("days_version", BigInteger, nullable=False, server_default="0"),
+    Column("webhooks_until", DateTime(timezone=True)),
     _updated(),
+)
+
+dashboard_webhook_hours = Table(
+    "dashboard_webhook_hours",
+    metadata,
+    Column("partner_id", String(24), ForeignKey("partners.id"), primary_key=True),
+    Column("environment", String(10), primary_key=True),
+    Column("hour", DateTime(timezone=True), primary_key=True),
+    Column("endpoint_id", String(24), primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("succeeded", Integer, nullable=False),
+    Column("latencies", JSONB, nullable=False),  # {"<latency ms>": attempts}
+    Column("last_status_code", Integer),
+    Column("last_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_failure_at", DateTime(timezone=True)),
 )
 
 api_usage_days = Table(

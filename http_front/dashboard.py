@@ -140,15 +140,26 @@ async def trends(request: web.Request) -> web.Response:
     auth="secret",
     responses={200: WebhookHealthOut},
     query=[
-        Query("from", "Window start, RFC 3339 (default: 24 hours before `to`)", format="date-time"),
-        Query("to", "Window end, exclusive, RFC 3339 (default: now)", format="date-time"),
+        Query(
+            "from",
+            "Window start, rounded down to its UTC hour (default: `to` - 25 h)",
+            format="date-time",
+        ),
+        Query(
+            "to",
+            "Window end (exclusive), rounded up to a UTC hour (default: the next hour)",
+            format="date-time",
+        ),
     ],
-    description="Delivery attempts made in the window (exact times, not whole days; at most "
-    "7 days): how many, how many succeeded (2xx within 5 s), the success rate, and latency "
-    "percentiles (nearest rank, milliseconds, over attempts that got an answer or timed out). "
-    "`failingEndpoints`: the endpoints with a failed attempt in the window, and disabled "
-    "endpoints, most failures first (at most 20). `pendingDeliveries` is a live count. Read "
-    "live from the delivery records.",
+    description="Delivery attempts made in the window, in whole UTC hours (`from` back to its "
+    "hour, `to` up to the next; default: the current hour and the 24 before it; at most 7 days): "
+    "how many, how many succeeded (2xx within 5 s), the success rate (4 decimals), and exact "
+    "latency percentiles (nearest rank, milliseconds, every attempt counted, timeouts at the "
+    "time they took). `failingEndpoints`: the endpoints with a failed attempt in the window, "
+    "and disabled endpoints, most failures first (at most 20); `lastStatusCode` is the status of "
+    "the endpoint's latest attempt in the window (null: no answer). `pendingDeliveries` is a "
+    "live count. Hours that ended more than 2 minutes ago come from an hourly roll-up; the rest "
+    "is read live.",
 )
 @secret_key_required
 async def webhook_health(request: web.Request) -> web.Response:

@@ -91,11 +91,16 @@ async def fold_api_usage() -> None:
 
 @dramatiq.actor(queue_name=QUEUE, time_limit=10 * 60 * 1000)
 async def roll_up_dashboards() -> None:
-    """Roll the dashboard's daily figures up to the newest safely committed instant."""
-    run = await rollups.roll_up(runtime.database(), datetime.now(UTC))
+    """Roll the dashboard's daily figures up to the newest safely committed instant, and the
+    webhook attempts of the hours that ended."""
+    now = datetime.now(UTC)
+    run = await rollups.roll_up(runtime.database(), now)
+    hours = await rollups.roll_up_webhooks(runtime.database(), now)
     ROLLED_DAYS.inc(run.days)
-    if run.days:
-        log.info("rolled up %d day(s), until %s", run.days, run.closed_until)
+    if run.days or hours:
+        log.info(
+            "rolled up %d day(s) until %s, %d webhook hour(s)", run.days, run.closed_until, hours
+        )
 
 
 TICKS = [

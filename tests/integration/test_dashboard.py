@@ -26,7 +26,7 @@ from engine.api_usage import FOLDING_KEY
 from engine.credentials import IssuedKeys, issue_keys
 from engine.money import Tokens
 from engine.reversals import ReversalRequest, reverse_action
-from engine.rollups import GRACE, roll_up
+from engine.rollups import GRACE, roll_up, roll_up_webhooks
 from engine.submit import submit_action
 from engine.webhooks import AttemptResult, EndpointSpec
 from engine.wire import loads
@@ -402,8 +402,10 @@ async def test_webhook_health_from_recorded_attempts(db, box, make_partner, clie
         (endpoints[1], None, 5000),
         (endpoints[1], 200, 90),
     ]
+    # Half of them three hours ago (an hour the roll-up folds), half in the last minute (live).
     for n, (endpoint_id, status, latency) in enumerate(results):
-        at = now - timedelta(seconds=len(results) - n)  # in order, each its own second
+        back = timedelta(hours=3) if n % 2 == 0 else timedelta(0)
+        at = now - back - timedelta(seconds=len(results) - n)  # in order, each its own second
         async with db.begin() as conn:
             delivery = await webhooks.send_test(conn, scope, endpoint_id, at)
             plan = await webhooks.next_attempt(conn, box, delivery["id"], at)
@@ -414,8 +416,12 @@ async def test_webhook_health_from_recorded_attempts(db, box, make_partner, clie
                 AttemptResult(status, latency, None if status else "timeout"),
                 at,
             )
-    health = await _ok(client, keys, f"{DASH}/webhook-health")
     latencies = sorted(latency for _, _, latency in results)
+    live = await _ok(client, keys, f"{DASH}/webhook-health")
+    assert await roll_up_webhooks(db, now) >= 3
+    assert await roll_up_webhooks(db, now) == 0  # nothing new: the next hour is not over
+    health = await _ok(client, keys, f"{DASH}/webhook-health")
+    assert health == live
 
     def nearest_rank(q: float) -> int:
         return latencies[math.ceil(q * len(latencies)) - 1]
@@ -431,7 +437,7 @@ async def test_webhook_health_from_recorded_attempts(db, box, make_partner, clie
     (failing,) = health["failingEndpoints"]
     assert failing["endpointId"] == endpoints[1]
     assert (failing["attempts"], failing["failures"], failing["isActive"]) == (4, 3, True)
-    assert failing["lastStatusCode"] == 200
+    assert failing["lastStatusCode"] == 200  # the last attempt, n = 11, is live and answered 200
 
     other = await _keys(db, box, (await make_partner()).partner_id)
     elsewhere = await _ok(client, other, f"{DASH}/webhook-health")

@@ -15,6 +15,10 @@ Additive only (new tables), so the previous release of the code keeps working.
   watermark). What follows it is answered by a bounded live query over the postings; a day is
   recomputed from its midnight and replaces any earlier roll-up of it, so a re-run counts
   nothing twice.
+- `dashboard_webhook_hours`: per endpoint and closed UTC hour, the delivery attempts made,
+  how many succeeded, and their latencies as an exact histogram (`{"<ms>": count}`), so
+  percentiles over any whole-hour window stay exact. `webhook_attempts.attempted_at` gets an
+  index for the hourly fold (attempts are written by the webhook workers, off the submit path).
 - `api_usage_days`: requests per partner, environment, UTC day, route class and status,
   counted in Redis by the front and folded here by a worker tick.
 - `api_usage_folds`: the id of every fold applied, so a fold retried after its worker died
@@ -58,10 +62,27 @@ CREATE TABLE dashboard_user_days (
 CREATE TABLE dashboard_rollup_state (
     id smallint PRIMARY KEY DEFAULT 1,
     closed_until timestamptz,
+    days_version bigint NOT NULL DEFAULT 0,
+    webhooks_until timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT ck_dashboard_rollup_state_one_row CHECK (id = 1)
 );
 INSERT INTO dashboard_rollup_state (id) VALUES (1);
+CREATE TABLE dashboard_webhook_hours (
+    partner_id varchar(24) NOT NULL REFERENCES partners (id),
+    environment varchar(10) NOT NULL,
+    endpoint_id varchar(24) NOT NULL,
+    hour timestamptz NOT NULL,
+    attempts integer NOT NULL,
+    succeeded integer NOT NULL,
+    latencies jsonb NOT NULL,
+    last_status_code integer,
+    last_attempt_at timestamptz NOT NULL,
+    last_failure_at timestamptz,
+    CONSTRAINT pk_dashboard_webhook_hours PRIMARY KEY (partner_id, environment, hour, endpoint_id),
+    CONSTRAINT ck_dashboard_webhook_hours_environment CHECK (environment IN ('sandbox', 'production'))
+);
+CREATE INDEX ix_webhook_attempts_attempted_at ON webhook_attempts (attempted_at);
 CREATE TABLE api_usage_days (
     partner_id varchar(24) NOT NULL REFERENCES partners (id),
     environment varchar(10) NOT NULL,
@@ -90,10 +111,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP INDEX IF EXISTS ix_webhook_attempts_attempted_at")
     for table in (
         "api_usage_folds",
         "api_usage_days",
         "dashboard_rollup_state",
+        "dashboard_webhook_hours",
         "dashboard_user_days",
         "dashboard_days",
     ):
