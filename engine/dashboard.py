@@ -19,10 +19,8 @@ reads a few index ranges whatever the size of the ledger. Pool balances are the 
 from __future__ import annotations
 
 import heapq
-import math
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -649,42 +647,55 @@ JOIN webhook_attempts t ON t.delivery_id = d.id
 WHERE w.partner_id = :partner_id AND w.environment = :environment
   AND t.attempted_at >= :lo AND t.attempted_at < :hi
 """
-_LIVE_HOURS = webhook_hours_sql(_SCOPE_ATTEMPTS)
-_ROLLED_HOURS = f"""
-SELECT endpoint_id, hour, attempts, succeeded, latencies, last_status_code, last_attempt_at,
-       last_failure_at
-FROM dashboard_webhook_hours WHERE {_SCOPED} AND hour >= :lo AND hour < :hi
-"""
-_ENDPOINTS = f"""
-SELECT id, url, is_active, disabled_reason FROM webhook_endpoints WHERE {_SCOPED}
+# One statement: the folded hours [:w_lo, :lo) and the live ones [:lo, :hi) (folded the same way
+# on the fly), their latency histograms summed and read at the nearest ranks, and per endpoint
+# of the scope (failing or disabled ones only) the attempts, failures and last attempt. One row
+# per such endpoint, or one row with a NULL endpoint; the percentiles on every row.
+_HEALTH = f"""
+WITH hours AS MATERIALIZED (
+  SELECT endpoint_id, attempts, succeeded, latency_values, latency_counts, last_status_code,
+         last_attempt_at, last_failure_at
+  FROM dashboard_webhook_hours WHERE {_SCOPED} AND hour >= :w_lo AND hour < :lo
+  UNION ALL
+  SELECT endpoint_id, attempts, succeeded, latency_values, latency_counts, last_status_code,
+         last_attempt_at, last_failure_at
+  FROM ({webhook_hours_sql(_SCOPE_ATTEMPTS)}) AS live
+),
+hist AS (
+  SELECT v, sum(c) AS c FROM hours, unnest(latency_values, latency_counts) AS u(v, c) GROUP BY v
+),
+cum AS (SELECT v, sum(c) OVER (ORDER BY v) AS running, sum(c) OVER () AS total FROM hist),
+pct AS (
+  SELECT min(v) FILTER (WHERE running >= ceil(0.5 * total)) AS p50,
+         min(v) FILTER (WHERE running >= ceil(0.95 * total)) AS p95,
+         min(v) FILTER (WHERE running >= ceil(0.99 * total)) AS p99,
+         (SELECT COALESCE(sum(attempts), 0) FROM hours) AS attempts,
+         (SELECT COALESCE(sum(succeeded), 0) FROM hours) AS succeeded
+  FROM cum
+),
+per AS (
+  SELECT endpoint_id, sum(attempts) AS attempts, sum(attempts - succeeded) AS failures,
+         max(last_failure_at) AS last_failure_at,
+         (array_agg(last_status_code ORDER BY last_attempt_at DESC))[1] AS last_status_code
+  FROM hours GROUP BY endpoint_id
+),
+failing AS (
+  SELECT w.id, w.url, w.is_active, w.disabled_reason,
+         COALESCE(per.attempts, 0) AS endpoint_attempts, COALESCE(per.failures, 0) AS failures,
+         per.last_failure_at, per.last_status_code
+  FROM webhook_endpoints w LEFT JOIN per ON per.endpoint_id = w.id
+  WHERE w.partner_id = :partner_id AND w.environment = :environment
+    AND (per.failures > 0 OR NOT w.is_active)
+  ORDER BY COALESCE(per.failures, 0) DESC, w.id
+  LIMIT :max
+)
+SELECT pct.*, failing.* FROM pct LEFT JOIN failing ON true
+ORDER BY failing.failures DESC NULLS LAST, failing.id
 """
 _PENDING = f"""
 SELECT count(*) FROM webhook_deliveries
 WHERE {_SCOPED} AND status = 'PENDING'
 """
-
-
-def nearest_rank(histogram: Mapping[int, int], q: float) -> int | None:
-    """The nearest-rank percentile `q` (0-1] of a {value: count} histogram."""
-    total = sum(histogram.values())
-    if not total:
-        return None
-    rank = max(1, math.ceil(q * total))
-    seen = 0
-    for value in sorted(histogram):
-        seen += histogram[value]
-        if seen >= rank:
-            return value
-    return None  # unreachable: seen reaches total
-
-
-@dataclass
-class _EndpointHealth:
-    attempts: int = 0
-    failures: int = 0
-    last_failure_at: datetime | None = None
-    last_attempt_at: datetime | None = None
-    last_status_code: int | None = None
 
 
 async def webhook_health(
@@ -696,40 +707,18 @@ async def webhook_health(
         await conn.execute(text("SELECT webhooks_until FROM dashboard_rollup_state"))
     ).scalar_one_or_none()
     split = lower if until is None else min(max(until, lower), upper)
-    params = {**scope.params, "lo": lower, "hi": split}
-    rows: list[tuple[Any, ...]] = [
-        tuple(row) for row in await conn.execute(text(_ROLLED_HOURS), params)
-    ]
-    if split < upper:
-        live = await conn.execute(
-            text(_LIVE_HOURS),
-            {**scope.params, "lo": split, "hi": upper, "oldest": split - _DELIVERY_LIFETIME},
-        )
-        rows += [tuple(row)[2:] for row in live]  # without partner_id, environment
-    latencies: dict[int, int] = {}
-    endpoints: dict[str, _EndpointHealth] = {}
-    attempts = succeeded = 0
-    for endpoint_id, _, n, ok, histogram, last_status, last_at, last_failure in rows:
-        attempts += int(n)
-        succeeded += int(ok)
-        for value, count in histogram.items():
-            latencies[int(value)] = latencies.get(int(value), 0) + int(count)
-        health = endpoints.setdefault(endpoint_id, _EndpointHealth())
-        health.attempts += int(n)
-        health.failures += int(n) - int(ok)
-        if last_failure is not None and (
-            health.last_failure_at is None or last_failure > health.last_failure_at
-        ):
-            health.last_failure_at = last_failure
-        if health.last_attempt_at is None or last_at > health.last_attempt_at:
-            health.last_attempt_at, health.last_status_code = last_at, last_status
-    failing = []
-    for row in (await conn.execute(text(_ENDPOINTS), scope.params)).mappings():
-        health = endpoints.get(row["id"], _EndpointHealth())
-        if health.failures > 0 or not row["is_active"]:
-            failing.append((row, health))
-    failing.sort(key=lambda item: (-item[1].failures, item[0]["id"]))
+    params = {
+        **scope.params,
+        "w_lo": lower,
+        "lo": split,
+        "hi": upper,
+        "oldest": split - _DELIVERY_LIFETIME,
+        "max": FAILING_ENDPOINTS_MAX,
+    }
+    rows = (await conn.execute(text(_HEALTH), params)).mappings().all()
+    head = rows[0]
     pending = (await conn.execute(text(_PENDING), scope.params)).scalar_one()
+    attempts, succeeded = int(head["attempts"]), int(head["succeeded"])
     return {
         "from": lower,
         "to": upper,
@@ -738,9 +727,7 @@ async def webhook_health(
         "failed": attempts - succeeded,
         "successRate": round(Decimal(succeeded) / attempts, 4).normalize() if attempts else None,
         "latencyMs": {
-            "p50": nearest_rank(latencies, 0.5),
-            "p95": nearest_rank(latencies, 0.95),
-            "p99": nearest_rank(latencies, 0.99),
+            name: None if head[name] is None else int(head[name]) for name in ("p50", "p95", "p99")
         },
         "pendingDeliveries": int(pending),
         "failingEndpoints": [
@@ -749,12 +736,13 @@ async def webhook_health(
                 "url": row["url"],
                 "isActive": row["is_active"],
                 "disabledReason": row["disabled_reason"],
-                "attempts": health.attempts,
-                "failures": health.failures,
-                "lastStatusCode": health.last_status_code,
-                "lastFailureAt": health.last_failure_at,
+                "attempts": int(row["endpoint_attempts"]),
+                "failures": int(row["failures"]),
+                "lastStatusCode": row["last_status_code"],
+                "lastFailureAt": row["last_failure_at"],
             }
-            for row, health in failing[:FAILING_ENDPOINTS_MAX]
+            for row in rows
+            if row["id"] is not None
         ],
     }
 

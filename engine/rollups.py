@@ -239,7 +239,8 @@ WHERE t.attempted_at >= :lo AND t.attempted_at < :hi
 
 
 def webhook_hours_sql(attempts: str) -> str:
-    """Per scope, endpoint and hour: attempts, succeeded, an exact latency histogram, the status
+    """Per scope, endpoint and hour: attempts, succeeded, an exact latency histogram (distinct
+    latencies in ms, ascending, and how many attempts took each), the status
     and time of the last attempt and the time of the last failure, over `attempts`."""
     return f"""
 WITH a AS MATERIALIZED (
@@ -252,7 +253,9 @@ lat AS (
   FROM a WHERE latency_ms IS NOT NULL GROUP BY 1, 2, 3, 4, 5
 ),
 hist AS (
-  SELECT partner_id, environment, endpoint_id, hour, jsonb_object_agg(latency_ms, n) AS latencies
+  SELECT partner_id, environment, endpoint_id, hour,
+         array_agg(latency_ms ORDER BY latency_ms) AS latency_values,
+         array_agg(n ORDER BY latency_ms) AS latency_counts
   FROM lat GROUP BY 1, 2, 3, 4
 ),
 agg AS (
@@ -264,7 +267,8 @@ agg AS (
   FROM a GROUP BY 1, 2, 3, 4
 )
 SELECT agg.partner_id, agg.environment, agg.endpoint_id, agg.hour, agg.attempts, agg.succeeded,
-       COALESCE(hist.latencies, '{{}}'::jsonb) AS latencies, agg.last_status_code,
+       COALESCE(hist.latency_values, '{{}}') AS latency_values,
+       COALESCE(hist.latency_counts, '{{}}') AS latency_counts, agg.last_status_code,
        agg.last_attempt_at, agg.last_failure_at
 FROM agg LEFT JOIN hist USING (partner_id, environment, endpoint_id, hour)
 """
@@ -272,8 +276,8 @@ FROM agg LEFT JOIN hist USING (partner_id, environment, endpoint_id, hour)
 
 _INSERT_WEBHOOK_HOURS = (
     "INSERT INTO dashboard_webhook_hours (partner_id, environment, endpoint_id, hour, attempts, "
-    "succeeded, latencies, last_status_code, last_attempt_at, last_failure_at) "
-    + webhook_hours_sql(ALL_ATTEMPTS)
+    "succeeded, latency_values, latency_counts, last_status_code, last_attempt_at, "
+    "last_failure_at) " + webhook_hours_sql(ALL_ATTEMPTS)
 )
 
 

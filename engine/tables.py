@@ -937,7 +937,9 @@ dashboard_webhook_hours = Table(
     Column("endpoint_id", String(24), primary_key=True),
     Column("attempts", Integer, nullable=False),
     Column("succeeded", Integer, nullable=False),
-    Column("latencies", JSONB, nullable=False),  # {"<latency ms>": attempts}
+    # An exact latency histogram: distinct milliseconds (ascending) and the attempts of each.
+    Column("latency_values", ARRAY(Integer), nullable=False),
+    Column("latency_counts", ARRAY(BigInteger), nullable=False),
     Column("last_status_code", Integer),
     Column("last_attempt_at", DateTime(timezone=True), nullable=False),
     Column("last_failure_at", DateTime(timezone=True)),

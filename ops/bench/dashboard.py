@@ -10,12 +10,17 @@ One run, on a fresh database on DATABASE_URL's server (dropped at the end):
    reversed later (a REVERSAL entry: wallet minus, pool plus); action rows; wallet and pool
    balance caches set. Plus 3 webhook endpoints with 20,000 deliveries and attempts over the
    last two days (3% failures) and 90 days of API-usage rows.
-2. the roll-up (`engine.rollups.roll_up`, as the worker tick runs it), timed, then VACUUM ANALYZE;
+2. the roll-ups as the worker tick runs them (`engine.rollups.roll_up` from scratch, stopped
+   2 minutes before the newest posting: the tick's steady state; then the webhook hours),
+   timed and checked against a direct sum over the ledger, then VACUUM ANALYZE;
 3. a real front (`python -m ops.cli serve`) and, per endpoint, `--clients` concurrent clients
    sending signed GETs (each signed afresh) for `--seconds`; latency as the client sees it.
    Baselines from the same run and the same client loop: `GET /healthz` (no auth, no database)
-   and `GET /v1/partner/users?limit=1` (signed: authentication, rate limit, one indexed
-   query: the fixed cost every partner endpoint pays).
+   and `GET /v1/partner/users/user_1` (signed: authentication, rate limit, one user read
+   by its unique key: the fixed cost every partner endpoint pays). Two phases: A, the steady
+   state above; B, the roll-ups a day behind (today's postings and the last day of webhook
+   attempts all read live: what a reader sees when the tick has not run for a day).
+   Finally one tick is timed (today recomputed from midnight).
 
 Printed: p50/p95/p99 per endpoint, the ratio of its p99 to each baseline's p99, and whether it
 meets the 50 ms goal. Exit status 1 when any endpoint answers anything but 200 or the roll-up's
@@ -387,8 +392,8 @@ async def bench(args: argparse.Namespace) -> bool:
         targets = [
             ("baseline: GET /healthz (no auth, no database)", "/healthz", None),
             (
-                "baseline: signed GET /v1/partner/users?limit=1",
-                "/v1/partner/users?limit=1",
+                "baseline: signed GET /v1/partner/users/user_1",
+                "/v1/partner/users/user_1",
                 partner.keys,
             ),
             *[(label, path.format(year_ago=year_ago), partner.keys) for label, path in ENDPOINTS],

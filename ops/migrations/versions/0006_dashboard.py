@@ -16,7 +16,7 @@ Additive only (new tables), so the previous release of the code keeps working.
   recomputed from its midnight and replaces any earlier roll-up of it, so a re-run counts
   nothing twice.
 - `dashboard_webhook_hours`: per endpoint and closed UTC hour, the delivery attempts made,
-  how many succeeded, and their latencies as an exact histogram (`{"<ms>": count}`), so
+  how many succeeded, and their latencies as an exact histogram (distinct milliseconds and their counts), so
   percentiles over any whole-hour window stay exact. `webhook_attempts.attempted_at` gets an
   index for the hourly fold (attempts are written by the webhook workers, off the submit path).
 - `api_usage_days`: requests per partner, environment, UTC day, route class and status,
@@ -75,7 +75,8 @@ CREATE TABLE dashboard_webhook_hours (
     hour timestamptz NOT NULL,
     attempts integer NOT NULL,
     succeeded integer NOT NULL,
-    latencies jsonb NOT NULL,
+    latency_values integer[] NOT NULL,
+    latency_counts bigint[] NOT NULL,
     last_status_code integer,
     last_attempt_at timestamptz NOT NULL,
     last_failure_at timestamptz,
