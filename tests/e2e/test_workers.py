@@ -207,4 +207,6 @@ def test_the_scheduler_fires_every_modules_ticks():
         "alert_expiring_keys",
         "pick_up_orders",
         "reconcile_yesterday",
+        "roll_up_dashboards",
+        "fold_api_usage",
     } <= names
