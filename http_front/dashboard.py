@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from engine import dashboard
+from engine.errors import ValidationFailed
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response
 from http_front.keys import DB
@@ -117,13 +118,24 @@ async def top_earners(request: web.Request) -> web.Response:
 )
 @secret_key_required
 async def trends(request: web.Request) -> web.Response:
-    metric = dashboard.parse_choice(
-        "metric", request.query.get("metric"), dashboard.METRICS, "tokens"
-    )
-    interval = dashboard.parse_choice(
-        "interval", request.query.get("interval"), dashboard.INTERVALS, "day"
-    )
-    period = _period(request, interval)  # type: ignore[arg-type]
+    problems: dict[str, list[str]] = {}  # every bad parameter in one answer
+    choices: dict[str, str] = {}
+    for name, allowed, default in (
+        ("metric", dashboard.METRICS, "tokens"),
+        ("interval", dashboard.INTERVALS, "day"),
+    ):
+        try:
+            choices[name] = dashboard.parse_choice(name, request.query.get(name), allowed, default)
+        except ValidationFailed as exc:
+            problems.update(exc.fields)
+            choices[name] = default
+    metric, interval = choices["metric"], choices["interval"]
+    try:
+        period = _period(request, interval)  # type: ignore[arg-type]
+    except ValidationFailed as exc:
+        problems.update(exc.fields)
+    if problems:
+        raise ValidationFailed(problems)
     async with request.app[DB].connect() as conn:
         body = await dashboard.trends(
             conn,

@@ -528,3 +528,7 @@ async def test_bad_parameters_are_422(db, box, make_partner, client):
         assert_envelope(body, "VALIDATION_FAILED")
         assert name in body["error"]["details"]["fields"], (path, body)
     assert (await _ok(client, keys, f"{DASH}/top-earners?limit=200"))["limit"] == 200
+    # Every bad parameter of a request in one answer.
+    status, body = await _get(client, keys, f"{DASH}/trends?metric=x&interval=y&from=z")
+    assert status == 422
+    assert set(body["error"]["details"]["fields"]) == {"metric", "interval", "from"}
