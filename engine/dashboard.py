@@ -7,10 +7,13 @@ touches. A bare date (`2026-11-01`) is read as that day's midnight UTC. Without 
 the period is the last 30 days, today included; a period is at most 366 days. Weekly trends
 widen the period to whole weeks, Monday to Monday (UTC). Answers echo the period used.
 
-Where figures come from (see `engine.rollups` for what a day holds): closed days from the daily
-roll-ups, days after the roll-up watermark (today, and yesterday shortly after midnight) from a
-live query over that part of the ledger only. So a figure never waits for a tick, and a request
-reads a few index ranges whatever the size of the ledger. Pool balances are the live balances.
+Where figures come from (see `engine.rollups` for what a day holds and how the watermark
+moves): everything recorded before the roll-up watermark (about a minute ago) from the daily
+roll-ups, what follows it from a live query over that part of the ledger only. So a figure
+never waits for a tick and includes every commit before the request. Per-user totals of
+complete days are cached per process until a complete day is recomputed (`ROLLED_CACHE`), so
+a request costs a few index reads and in-memory merges whatever the size of the ledger.
+Pool balances are the live balances. Webhook health reads hourly roll-ups plus the live hours.
 """
 
 # SQL here is composed from this module's constants only, never from request input:
@@ -270,7 +273,6 @@ class _Day:
     actions: int = 0
     tokens: int = 0
     reversed: int = 0
-    users: int = 0
 
 
 @dataclass
@@ -292,8 +294,6 @@ async def _live(conn: AsyncConnection, scope: Scope, split: _Split, *, actions: 
         figures.reversed += int(reversed_)
         if user_id is not None:
             live.users.append((day, user_id, int(tokens), int(reversed_), int(count)))
-            if tokens > 0:
-                figures.users += 1
     if actions:
         for day, count in await conn.execute(text(_LIVE_ACTIONS), params):
             live.days.setdefault(day, _Day()).actions = int(count)
@@ -303,24 +303,24 @@ async def _live(conn: AsyncConnection, scope: Scope, split: _Split, *, actions: 
 async def _days(
     conn: AsyncConnection, scope: Scope, split: _Split, live: _Live
 ) -> dict[date, _Day]:
-    """Per-day figures of the period: roll-up rows, then the live days."""
+    """Per-day actions and tokens of the period: roll-up rows plus the live days (the cut day
+    has both, which add up). Active users are not additive: see `_users_by_bucket`."""
     days: dict[date, _Day] = {}
     if split.has_rolled:
         rows = await conn.execute(
             text(
-                "SELECT day, actions, tokens_distributed, tokens_reversed, active_users "
+                "SELECT day, actions, tokens_distributed, tokens_reversed "
                 f"FROM dashboard_days WHERE {_SCOPED} AND day >= :r_lo AND day < :r_hi"
             ),
             split.params(scope),
         )
-        for day, actions, tokens, reversed_, users in rows:
-            days[day] = _Day(int(actions), int(tokens), int(reversed_), int(users))
+        for day, actions, tokens, reversed_ in rows:
+            days[day] = _Day(int(actions), int(tokens), int(reversed_))
     for day, figures in live.days.items():
         merged = days.setdefault(day, _Day())
         merged.actions += figures.actions
         merged.tokens += figures.tokens
         merged.reversed += figures.reversed
-        merged.users += figures.users  # the cut day's users are recounted by the callers
     return days
 
 

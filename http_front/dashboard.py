@@ -30,10 +30,10 @@ _PERIOD_RULES = (
     "(`2026-11-01`, midnight UTC) or an RFC 3339 time with an offset. Default: the last 30 days, "
     "today included (`to` = next midnight, `from` = 30 days before). At most 366 days; "
     "`to` <= `from` or a longer period is 422 VALIDATION_FAILED. The answer echoes the period used.\n\n"
-    "Freshness: closed days come from daily roll-ups kept by a worker tick; today (and yesterday "
-    "during the first 15 minutes after midnight, or any day the roll-up has not reached) is read "
-    "live from the ledger, so figures include every action committed before the request. "
-    "Days are UTC days of when the engine recorded the action or reversal (not `occurredAt`)."
+    "Freshness: figures include every action and reversal committed before the request. What "
+    "was recorded before about a minute ago comes from daily roll-ups a worker tick keeps; the "
+    "rest is read live from the ledger. Days are UTC days of when the engine recorded the "
+    "action or reversal (not the action's `occurredAt`)."
 )
 FROM = Query(
     "from", "Period start: a date or RFC 3339 time; its UTC day is included", format="date-time"
