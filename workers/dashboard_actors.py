@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from engine import api_usage, rollups
 from workers import runtime
 from workers.broker import broker  # noqa: F401 - configures the global broker first
+from workers.tick_metrics import mark
 from workers.ticks import Tick
 
 log = logging.getLogger("sir.workers.dashboard")
@@ -85,6 +86,7 @@ async def fold_api_usage() -> None:
     finally:
         await redis.aclose()
     FOLDED_REQUESTS.inc(folded)
+    mark("fold_api_usage")
     if folded:
         log.info("folded %d API request(s)", folded)
 
@@ -97,6 +99,8 @@ async def roll_up_dashboards() -> None:
     run = await rollups.roll_up(runtime.database(), now)
     hours = await rollups.roll_up_webhooks(runtime.database(), now)
     ROLLED_DAYS.inc(run.days)
+    # A roll-up that stops makes every read slower (more is read live): SirTicksStale fires.
+    mark("roll_up_dashboards")
     if run.days or hours:
         log.info(
             "rolled up %d day(s) until %s, %d webhook hour(s)", run.days, run.closed_until, hours
