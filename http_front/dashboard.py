@@ -92,8 +92,18 @@ async def summary(request: web.Request) -> web.Response:
 )
 @secret_key_required
 async def top_earners(request: web.Request) -> web.Response:
-    limit = dashboard.parse_limit(request.query.get("limit"))
-    period = _period(request)
+    problems: dict[str, list[str]] = {}  # every bad parameter in one answer
+    limit = dashboard.TOP_EARNERS_DEFAULT
+    try:
+        limit = dashboard.parse_limit(request.query.get("limit"))
+    except ValidationFailed as exc:
+        problems.update(exc.fields)
+    try:
+        period = _period(request)
+    except ValidationFailed as exc:
+        problems.update(exc.fields)
+    if problems:
+        raise ValidationFailed(problems)
     async with request.app[DB].connect() as conn:
         body = await dashboard.top_earners(conn, principal(request).scope, period, limit)
     return json_response(body)

@@ -535,3 +535,6 @@ async def test_bad_parameters_are_422(db, box, make_partner, client):
     status, body = await _get(client, keys, f"{DASH}/trends?metric=x&interval=y&from=z")
     assert status == 422
     assert set(body["error"]["details"]["fields"]) == {"metric", "interval", "from"}
+    status, body = await _get(client, keys, f"{DASH}/top-earners?limit=0&to=never")
+    assert status == 422
+    assert set(body["error"]["details"]["fields"]) == {"limit", "to"}
