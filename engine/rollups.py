@@ -14,12 +14,14 @@ The fold. A worker tick (`workers.dashboard_actors`, every minute by default) ca
 which moves the watermark `dashboard_rollup_state.closed_until` (an instant) forward to the
 newest instant before which every row is committed: postings and actions carry their
 transaction's start time (`now()`), so that instant is the start of the oldest transaction still
-open in the database (`pg_stat_activity`), and never later than `now - GRACE`. The days from
-the old watermark's day to the new one are recomputed whole from the ledger (the last one up
-to the watermark) and replace their earlier rows (delete, insert), a few days per transaction,
-the watermark moving in the same transaction. So a tick re-run, two workers racing (an advisory
-lock serialises them) or a worker killed mid-fold never counts anything twice. The submit hot
-path is untouched.
+open in the database (`pg_stat_activity`), and never later than `now - GRACE`. The usual tick
+adds what was recorded between the old and the new watermark to the day's rows (an action's
+postings share one created_at, so none is split) and recounts the day's active users; when the
+watermark crosses midnight, or on the first run, the days from the old watermark's day on are
+recomputed whole from the ledger and replace their rows (delete, insert), a few days per
+transaction. Either way the watermark moves in the same transaction, so a tick re-run, two
+workers racing (an advisory lock serialises them) or a worker killed mid-fold never counts
+anything twice. The submit hot path is untouched.
 
 What follows the watermark (the last minute or so) is not rolled up; `engine.dashboard` reads it
 live with the same definitions, bounded through the `(partner_id, environment, created_at)`
@@ -118,6 +120,38 @@ SELECT partner_id, environment, day, COALESCE(n.actions, 0), COALESCE(t.tokens, 
        COALESCE(t.tokens_reversed, 0), COALESCE(u.users, 0)
 FROM t FULL JOIN n USING (partner_id, environment, day) FULL JOIN u USING (partner_id, environment, day)
 """
+# The watermark's day, moved on from :lo to :hi within that day: what was recorded in between
+# is added to the day's rows (an action's postings share one created_at, so none is split), and
+# the day's active users are recounted from its user rows (distinct users do not add up).
+_ADD_USER_DAYS = (
+    "INSERT INTO dashboard_user_days AS d (partner_id, environment, day, partner_user_id, "
+    "tokens, tokens_reversed, actions) "
+    + user_days_sql(ALL_SCOPES)
+    + " ON CONFLICT (partner_id, environment, day, partner_user_id) DO UPDATE SET "
+    "tokens = d.tokens + EXCLUDED.tokens, "
+    "tokens_reversed = d.tokens_reversed + EXCLUDED.tokens_reversed, "
+    "actions = d.actions + EXCLUDED.actions"
+)
+_ADD_DAYS = f"""
+INSERT INTO dashboard_days AS d (partner_id, environment, day, actions, tokens_distributed,
+                                 tokens_reversed, active_users)
+WITH t AS ({day_tokens_sql(ALL_SCOPES)}),
+     n AS ({day_actions_sql(ALL_SCOPES)})
+SELECT partner_id, environment, day, COALESCE(n.actions, 0), COALESCE(t.tokens, 0),
+       COALESCE(t.tokens_reversed, 0), 0
+FROM t FULL JOIN n USING (partner_id, environment, day)
+ON CONFLICT (partner_id, environment, day) DO UPDATE SET
+  actions = d.actions + EXCLUDED.actions,
+  tokens_distributed = d.tokens_distributed + EXCLUDED.tokens_distributed,
+  tokens_reversed = d.tokens_reversed + EXCLUDED.tokens_reversed
+"""
+_RECOUNT_ACTIVE = """
+UPDATE dashboard_days d SET active_users = u.users
+FROM (SELECT partner_id, environment, count(*) FILTER (WHERE tokens > 0) AS users
+        FROM dashboard_user_days WHERE day = :day GROUP BY 1, 2) AS u
+WHERE d.day = :day AND d.partner_id = u.partner_id AND d.environment = u.environment
+  AND d.active_users <> u.users
+"""
 # The first day with anything to roll up, read per scope through the created_at indexes.
 _FIRST_DAY = f"""
 SELECT CAST(min(x.first) AT TIME ZONE 'UTC' AS date) FROM ({ALL_SCOPES}) AS s CROSS JOIN LATERAL (
@@ -179,10 +213,23 @@ async def roll_up_range(conn: AsyncConnection, first: date, until: datetime) -> 
     await conn.execute(text(_INSERT_DAYS), params)
 
 
+async def add_to_day(conn: AsyncConnection, since: datetime, until: datetime) -> None:
+    """Add what was recorded in [since, until), two instants of one UTC day, to that day's
+    rows. Only correct when the rows hold exactly [midnight, since): call it with the watermark
+    as `since` and move the watermark to `until` in the same transaction."""
+    day = since.astimezone(UTC).date()
+    params = {"lo": since, "hi": until, "day": day}
+    await conn.execute(text(_ADD_USER_DAYS), params)
+    await conn.execute(text(_ADD_DAYS), params)
+    await conn.execute(text(_RECOUNT_ACTIVE), params)
+
+
 async def roll_up(db: AsyncEngine, now: datetime, *, max_days: int = 400) -> RollupRun:
     """Roll up everything safely committed since the watermark (see `_SAFE_UNTIL`; never past
     `now - GRACE`), `DAYS_PER_TRANSACTION` days per transaction, at most `max_days` per run
-    (the next tick carries on). The day the watermark is in is recomputed from its midnight."""
+    (the next tick carries on). Within the watermark's day the new span is added to the day's
+    rows; when the watermark crosses midnight, the days from its old day on are recomputed
+    whole (so a day is finally computed once more from the ledger when it ends)."""
     done = 0
     until: datetime | None = None
     while done < max_days:
@@ -201,8 +248,13 @@ async def roll_up(db: AsyncEngine, now: datetime, *, max_days: int = 400) -> Rol
             new_until = min(target, chunk_end)
             if new_until <= midnight(first) and until is not None:
                 break
-            await roll_up_range(conn, first, new_until)
-            await _advance(conn, new_until, whole_days=first < new_until.astimezone(UTC).date())
+            whole_days = first < new_until.astimezone(UTC).date()
+            if until is not None and not whole_days and until > midnight(first):
+                # The usual tick: the watermark moves on within its day; add, do not recompute.
+                await add_to_day(conn, until, new_until)
+            else:
+                await roll_up_range(conn, first, new_until)
+            await _advance(conn, new_until, whole_days=whole_days)
             done += (day_after(new_until) - first).days
             until = new_until
             if new_until >= target:
@@ -326,6 +378,7 @@ __all__ = [
     "day_tokens_sql",
     "midnight",
     "roll_up",
+    "add_to_day",
     "roll_up_range",
     "roll_up_webhooks",
     "webhook_hours_sql",
