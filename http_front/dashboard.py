@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from engine import dashboard
+from engine import webhook_health as health
 from engine.errors import ValidationFailed
 from http_front.auth_partner import secret_key_required
 from http_front.body import json_response
@@ -185,11 +186,11 @@ async def trends(request: web.Request) -> web.Response:
 )
 @secret_key_required
 async def webhook_health(request: web.Request) -> web.Response:
-    lower, upper = dashboard.parse_window(
+    lower, upper = health.parse_window(
         request.query.get("from"), request.query.get("to"), datetime.now(UTC)
     )
     async with request.app[DB].connect() as conn:
-        body = await dashboard.webhook_health(conn, principal(request).scope, lower, upper)
+        body = await health.webhook_health(conn, principal(request).scope, lower, upper)
     return json_response(body)
 
 
