@@ -23,8 +23,8 @@ One run, on a fresh database on DATABASE_URL's server (dropped at the end):
    Finally one tick is timed (today recomputed from midnight).
 
 Printed: p50/p95/p99 per endpoint, the ratio of its p99 to each baseline's p99, and whether it
-meets the 50 ms goal. Exit status 1 when any endpoint answers anything but 200 or the roll-up's
-figures disagree with a direct sum over the ledger.
+meets the 50 ms goal. Exit status 1 when any endpoint answers anything but 200, misses the
+goal (in either phase), or the roll-up's figures disagree with a direct sum over the ledger.
 """
 
 from __future__ import annotations
