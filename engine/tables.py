@@ -654,7 +654,7 @@ webhook_attempts = Table(
     Column("error", Text),
     Column("response_excerpt", Text),  # the first 500 characters the receiver answered
     Index(None, "delivery_id"),
-    Index(None, "attempted_at"),  # the dashboard's hourly fold (migration 0006)
+    Index(None, "attempted_at"),  # the dashboard's hourly fold (migration 0007)
 )
 
 # -- donations ------------------------------------------------------------------------------------------
@@ -680,7 +680,7 @@ donations = Table(
     Column("action_id", String(24)),
     Column("completed_at", DateTime(timezone=True)),
     _created(),
-    # migration 0007 (engine.donations): who completes it, the tip percent, the DONOR's reward
+    # migration 0006 (engine.donations): who completes it, the tip percent, the DONOR's reward
     Column("checkout", String(16)),
     Column("tip_percent", Numeric(5, 2)),
     Column("reward_tokens", BigInteger),
@@ -891,7 +891,7 @@ reconciliation_drifts = Table(
     ),
 )
 
-# -- dashboard roll-ups (migration 0006; engine.rollups writes them, engine.dashboard reads) -------
+# -- dashboard roll-ups (migration 0007; engine.rollups writes them, engine.dashboard reads) -------
 
 dashboard_days = Table(
     "dashboard_days",

@@ -1,7 +1,7 @@
 """dashboard: daily roll-ups of the ledger and of API usage
 
-Revision ID: 0006
-Revises: 0007
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-03 11:00:00
 
 Additive only (new tables), so the previous release of the code keeps working.
@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0007"  # was 0004 on the branch; chained after main's 0007 on rebase
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

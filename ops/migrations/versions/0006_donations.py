@@ -1,6 +1,6 @@
 """donations: what the widget's donation links and the providers' notifications need
 
-Revision ID: 0007
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-03 11:00:00
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0005"  # was 0004 on the branch; chained after main's 0005 on rebase
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
