@@ -44,7 +44,7 @@ from http_front.keys import (
     SETTINGS,
     VENDORS,
 )
-from http_front.middlewares import error_middleware, request_id_middleware
+from http_front.middlewares import error_middleware, nul_guard_middleware, request_id_middleware
 from http_front.usage import usage_ctx, usage_middleware
 from workers.dispatch import Dispatcher, Nudge
 
@@ -99,7 +99,12 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, usage_middleware, error_middleware],
+        middlewares=[
+            request_id_middleware,
+            usage_middleware,
+            error_middleware,
+            nul_guard_middleware,
+        ],
         client_max_size=MAX_BODY,
     )
     app[SETTINGS] = settings

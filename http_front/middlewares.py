@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from engine.errors import ServiceUnavailable, SirError
+from engine.errors import NotFound, ServiceUnavailable, SirError, ValidationFailed
 from engine.faults import dependency_of
 from engine.wire import dumps
 from http_front.metrics import DEPENDENCY_ERRORS, LATENCY, REQUESTS, route_class
@@ -139,3 +139,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "InternalError", "INTERNAL_ERROR", "Internal error")
+
+
+@web.middleware
+async def nul_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """PostgreSQL stores no NUL character in text, so a NUL in a path or query parameter would
+    fail deep in a query (500). A path parameter with a NUL names no object that can exist
+    (404); a query parameter with one is a field error (422). Bodies are checked where parsed."""
+    if any("\x00" in value for value in request.match_info.values()):
+        raise NotFound("No such object")
+    bad = sorted({name for name, value in request.query.items() if "\x00" in name + value})
+    if bad:
+        raise ValidationFailed({name: ["must not contain NUL characters"] for name in bad})
+    return await handler(request)
