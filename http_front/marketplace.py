@@ -21,12 +21,13 @@ from engine.errors import (
     OrderNotCancellable,
     ProductUnavailable,
     RedemptionNotAllowed,
+    ValidationFailed,
 )
 from engine.pagination import read_page
 from http_front.auth_partner import requires_feature, secret_key_required
 from http_front.body import json_response, read_model
 from http_front.keys import DB, DISPATCH, SECRET_BOX, VENDORS
-from http_front.openapi import NOTES, PAGE, Query, documented
+from http_front.openapi import NOTES, PAGE, Query, Refusal, documented
 from http_front.principal import principal
 from schemas.marketplace import (
     OrderCreate,
@@ -230,6 +231,9 @@ async def order_vouchers(request: web.Request) -> web.Response:
     "Get a day's reconciliation",
     auth="secret",
     responses={200: ReconciliationOut},
+    errors=[
+        Refusal(422, ValidationFailed.code, ValidationFailed.name, "The day is not YYYY-MM-DD")
+    ],
 )
 @requires_feature(MARKETPLACE)
 @secret_key_required
