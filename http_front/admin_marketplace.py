@@ -14,12 +14,13 @@ from engine.errors import (
     DuplicateVoucherCode,
     NotFound,
     OrderNotCancellable,
+    ValidationFailed,
 )
 from engine.pagination import read_page
 from http_front.auth_operator import OPERATOR, operator_required
 from http_front.body import UnsupportedMediaType, json_response, read_model
 from http_front.keys import DB, SECRET_BOX
-from http_front.openapi import PAGE, Query, documented
+from http_front.openapi import PAGE, PAYLOAD_TOO_LARGE, Query, Refusal, documented
 from schemas.marketplace import (
     DriftPatch,
     ImportOut,
@@ -116,12 +117,25 @@ async def patch_product(request: web.Request) -> web.Response:
     "Upserts by `sku`, so importing the same file twice changes nothing. Valid rows are "
     "imported; each refused row is listed with its line and error. "
     "`sir-engine admin catalog-import FILE.csv` does the same from the shell with a progress bar.",
+    errors=[
+        Refusal.of(UnsupportedMediaType),
+        PAYLOAD_TOO_LARGE,
+        Refusal(
+            422, ValidationFailed.code, ValidationFailed.name, "The body is not text in its charset"
+        ),
+    ],
 )
 @operator_required
 async def import_products(request: web.Request) -> web.Response:
     if request.content_type not in ("text/csv", "text/plain"):
         raise UnsupportedMediaType("Send the catalog as text/csv")
-    rows = catalog_rows(await request.text())
+    try:
+        text_body = (await request.read()).decode(request.charset or "utf-8")
+    except (UnicodeDecodeError, LookupError):  # bytes not of the charset, or no such charset
+        raise ValidationFailed(
+            {"body": ["must be text in its charset (UTF-8 by default)"]}
+        ) from None
+    rows = catalog_rows(text_body)
     async with request.app[DB].begin() as conn:
         result = await catalog.import_products(
             conn, actor=request[OPERATOR], rows=rows, result=catalog.ImportResult()
