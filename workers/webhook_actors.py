@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -82,8 +83,8 @@ def lease() -> timedelta:
 class PublicOnlyResolver(AbstractResolver):
     """aiohttp resolver that drops non-public addresses, so what is connected to was checked."""
 
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner if inner is not None else DefaultResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -129,28 +130,38 @@ def secret_box() -> SecretBox:
 # -- one attempt ----------------------------------------------------------------------------------
 
 
-async def _destination_refused(url: str) -> str | None:
-    """Why the URL's host may not be delivered to now, or None. Resolves host names."""
-    if runtime.settings().webhook_allow_private:
-        return None
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """Every address the system resolver gives for `host` (IP literals resolve to themselves)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(sockaddr[0]) for *_, sockaddr in infos]
+
+
+async def destination_refused(url: str, resolve: Resolve = system_resolve) -> str | None:
+    """Why the URL's host may not be delivered to now, or None. Resolves host names: one
+    non-public address among the answers refuses the whole name (a resolver may rotate)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = await resolve(host, port)
     except OSError:
         return None  # unresolvable: the request fails as a connection error, which is retried
-    for *_, sockaddr in infos:
-        problem = destination_problem(str(sockaddr[0]))
+    for address in addresses:
+        problem = destination_problem(address)
         if problem is not None:
-            return f"{NOT_ALLOWED}: {host} resolves to {sockaddr[0]} ({problem})"
+            return f"{NOT_ALLOWED}: {host} resolves to {address} ({problem})"
     return None
 
 
 async def send(plan: AttemptPlan) -> AttemptResult:
     """POST the plan once: 5 s in all, redirects not followed. Never raises for the receiver's
     faults; they are the result."""
-    refused = await _destination_refused(plan.url)
+    refused = (
+        None if runtime.settings().webhook_allow_private else await destination_refused(plan.url)
+    )
     if refused is not None:
         ATTEMPTS.labels("not_allowed").inc()
         return AttemptResult(status_code=None, latency_ms=0, error=refused)
