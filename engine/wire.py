@@ -42,6 +42,36 @@ def dumps(value: Any) -> str:
     )
 
 
-def loads(text: str | bytes) -> Any:
-    """Parse JSON with every non-integer number as an exact Decimal. Raises ValueError."""
-    return simplejson.loads(text, use_decimal=True)
+MAX_DEPTH = 64  # arrays and objects inside one another; no request of the API needs more than ~5
+
+
+class TooDeep(ValueError):
+    """JSON that nests arrays and objects too deeply to be taken."""
+
+
+def loads(text: str | bytes, *, max_depth: int | None = None) -> Any:
+    """Parse JSON with every non-integer number as an exact Decimal. Raises ValueError, also
+    for nesting past `max_depth` (when given) or past what the parser's recursion can take:
+    a body of 100,000 `[` must be a clean refusal, not a RecursionError, and a document that
+    parses but nests hundreds deep would exhaust the stack of whatever walks it next."""
+    try:
+        value = simplejson.loads(text, use_decimal=True)
+    except RecursionError:
+        raise TooDeep("JSON nested too deeply") from None
+    if max_depth is not None and _deeper_than(value, max_depth):
+        raise TooDeep(f"JSON nested more than {max_depth} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest more than `limit` levels (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if not isinstance(item, dict | list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False

@@ -17,7 +17,7 @@ from aiohttp import web
 from engine import batches
 from engine.action_request import ActionRequest
 from engine.errors import NotFound, ValidationFailed
-from engine.wire import loads
+from engine.wire import MAX_DEPTH, TooDeep, loads
 from http_front.auth_partner import secret_key_required
 from http_front.body import MalformedJson, UnsupportedMediaType, json_response
 from http_front.keys import DB, DISPATCH
@@ -58,7 +58,9 @@ async def _read_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise UnsupportedMediaType("Send the body as application/json")
     try:
-        return loads(raw)
+        return loads(raw, max_depth=MAX_DEPTH)
+    except TooDeep:
+        raise MalformedJson(f"The request body nests JSON more than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise MalformedJson("The request body is not valid JSON") from None
 

@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from engine.errors import SirError, ValidationFailed
-from engine.wire import dumps, loads
+from engine.wire import MAX_DEPTH, TooDeep, dumps, loads
 from schemas.base import parse
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,7 +38,9 @@ async def read_json(request: web.Request) -> Any:
     if request.content_type not in {"application/json", "application/merge-patch+json"}:
         raise UnsupportedMediaType("Send the body as application/json")
     try:
-        parsed = loads(raw)
+        parsed = loads(raw, max_depth=MAX_DEPTH)
+    except TooDeep:
+        raise MalformedJson(f"The request body nests JSON more than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise MalformedJson("The request body is not valid JSON") from None
     _refuse_nul(parsed, "")
