@@ -58,7 +58,7 @@ def read_page(limit: str | None, cursor: str | None, filters: Mapping[str, Any])
         decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
         created, row_id, made_with = decoded["t"], decoded["i"], decoded["f"]
         after = (datetime.fromisoformat(created), str(row_id))
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error):
         raise InvalidCursor("The cursor is not one this API issued") from None
     if made_with != digest:
         raise InvalidCursor(
