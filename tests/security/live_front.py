@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import requests
 from requests.auth import AuthBase
 
@@ -88,7 +89,21 @@ def operator(base: str, method: str, path: str, body: Any = None) -> Any:
     return response.json()
 
 
-def make_partner(base: str, *, rate_limit_override: dict[str, int] | None = None) -> Partner:
+def reset_login_limits(redis_url: str) -> None:
+    """Forget the portal login budgets (per email and per client IP, contract 3.3): every
+    loopback test client shares the 127.0.0.1 budget, and a test that spends it on purpose
+    must not lock the next test's own login out."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match="sir:portal-login:*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def make_partner(
+    base: str, redis_url: str, *, rate_limit_override: dict[str, int] | None = None
+) -> Partner:
     """An ACTIVE partner with every feature, a funded sandbox pool, a key pair and a portal
     user logged in, all through the operator and portal APIs of the live front."""
     tag = secrets.token_hex(4)
@@ -120,6 +135,7 @@ def make_partner(base: str, *, rate_limit_override: dict[str, int] | None = None
         "/api/v1/admin/portal-users",
         {"email": email, "password": PASSWORD, "partnerId": partner["id"]},
     )
+    reset_login_limits(redis_url)
     login = requests.post(
         f"{base}/v1/partner/auth/login", json={"email": email, "password": PASSWORD}, timeout=30
     )
