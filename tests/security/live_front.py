@@ -69,6 +69,23 @@ def start_front(services: Services, directory: Path, **extra_env: str) -> LiveFr
     return LiveFront(base, process, (out, err))
 
 
+def start_worker(services: Services, directory: Path, *queues: str) -> LiveFront:
+    """A `sir-engine worker` process (one process, two threads) on `queues`, logging at DEBUG
+    into files under `directory`. Returned as a LiveFront without a base URL, for its logs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out, err = directory / "worker.stdout", directory / "worker.stderr"
+    command = [sys.executable, "-m", "ops.cli", "worker", "--processes", "1", "--threads", "2"]
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(
+            [*command, "--queues", *queues],
+            env=services.env(SIR_LOG_LEVEL="DEBUG"),
+            cwd=ROOT,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    return LiveFront("", process, (out, err))
+
+
 @dataclass
 class Partner:
     """A partner of the live front with one credential of every kind."""

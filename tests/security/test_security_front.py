@@ -14,9 +14,11 @@ import base64
 import gzip
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import asyncpg
 import jwt
@@ -36,6 +38,7 @@ from tests.security.live_front import (
     operator,
     reset_login_limits,
     start_front,
+    start_worker,
 )
 
 ME = "/v1/partner/auth/me"
@@ -354,7 +357,42 @@ def test_login_budget_per_ip_is_not_reset_by_a_forged_forwarded_for(front, servi
 # -- secrets never in logs (keep this test last in the module) ------------------------------------
 
 
-def test_no_secret_issued_reaches_the_logs(front, partner, services):
+class Receiver(BaseHTTPRequestHandler):
+    """A partner's webhook receiver on loopback: 500 to the first delivery, 200 after."""
+
+    hits: ClassVar[list[dict[str, str]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        Receiver.hits.append(dict(self.headers))
+        self.send_response(500 if len(Receiver.hits) == 1 else 200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+    server.server_close()
+
+
+def test_no_secret_issued_reaches_the_logs(front, partner, services, receiver, tmp_path):
+    # A worker delivers signed webhooks with a secret custom header, once failing, once not:
+    # its logs are searched too.
+    worker = start_worker(services, tmp_path / "worker", "webhooks")
+    try:
+        _issue_and_use_secrets(front, partner, services, receiver, worker)
+    finally:
+        worker.stop()
+
+
+def _issue_and_use_secrets(front, partner, services, receiver, worker) -> None:
     issued = list(partner.issued)
     # more secrets of every kind, through every path that hands one out
     created = operator(
@@ -377,7 +415,7 @@ def test_no_secret_issued_reaches_the_logs(front, partner, services):
         "POST",
         "/v1/partner/webhooks",
         {
-            "url": "https://hooks.partner.example/sir",
+            "url": "http://127.0.0.1:9/sir",  # loopback, nothing listening: refused connections
             "eventTypes": ["action.completed"],
             "headers": {"Authorization": header_value},
         },
@@ -387,6 +425,23 @@ def test_no_secret_issued_reaches_the_logs(front, partner, services):
     status, again = call(front, partner, "POST", f"/v1/partner/webhooks/{hook['id']}/rotate-secret")
     assert status == 200, again
     issued.append(again["secret"])
+    status, delivered = call(
+        front,
+        partner,
+        "POST",
+        "/v1/partner/webhooks",
+        {"url": receiver, "receiveAllEvents": True, "headers": {"Authorization": header_value}},
+    )
+    assert status == 201, delivered
+    issued.append(delivered["secret"])
+    for _ in range(2):  # the receiver fails the first, accepts the second
+        status, _ = call(front, partner, "POST", f"/v1/partner/webhooks/{delivered['id']}/test")
+        assert status == 202
+    deadline = time.monotonic() + 30
+    while len(Receiver.hits) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(Receiver.hits) >= 2, worker.logs()[-3000:]
+    assert Receiver.hits[0]["Authorization"] == header_value  # the secret header was sent
     status, portal_key = call(
         front,
         partner,
@@ -417,8 +472,9 @@ def test_no_secret_issued_reaches_the_logs(front, partner, services):
         headers={"X-Partner-Key": created["secretKey"], "X-Timestamp": "1", "X-Signature": "00"},
     )
     assert status == 401
-    time.sleep(0.2)  # the front writes its log lines as they happen; let the last ones land
-    logs = front.logs()
+    time.sleep(0.5)  # the processes write log lines as they happen; let the last ones land
+    logs = front.logs() + worker.logs()
+    assert "sir.workers.webhooks" in worker.logs()  # the worker's output is really captured
     assert "Traceback" not in logs
     leaked = [secret[:12] + "…" for secret in issued if secret in logs]
     assert leaked == []
