@@ -39,6 +39,7 @@ from engine.distribution import (
     Split,
     Stakeholder,
     Tier,
+    TooManyTokens,
     distribute,
     validate_splits,
     validate_tiers,
@@ -577,7 +578,10 @@ async def simulate(
     if amount < 0:
         raise ValidationFailed({"amount": ["must be 0 or more"]})
     row = await get_campaign_row(conn, scope, campaign_id)
-    result = distribute(rule_of(row), amount, stakeholders)
+    try:
+        result = distribute(rule_of(row), amount, stakeholders)
+    except TooManyTokens as exc:
+        raise ValidationFailed({"amount": [str(exc)]}) from None
     distributed = result.tokens_distributed
     reasons = not_applicable_reasons(row, action_type=action_type, at=at)
 

@@ -19,7 +19,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Final
 
-from engine.money import MICRO, InvalidAmount, Tokens, to_decimal
+from engine.money import MAX_MICRO, MICRO, InvalidAmount, Tokens, to_decimal
 
 HUNDRED: Final = Decimal(100)
 
@@ -226,6 +226,12 @@ def validate_rule(
 # -- the five steps -----------------------------------------------------------------------------
 
 
+class TooManyTokens(InvalidAmount):
+    """T of an action is past what a ledger account holds (BIGINT micro-tokens): an amount
+    of about 10^13 under the default rule, less under a large multiplier. The caller's to
+    refuse (the amount is the partner's input), never a crash."""
+
+
 def distribute(
     rule: Rule | None, amount: Decimal, stakeholders: Sequence[Stakeholder]
 ) -> Distribution:
@@ -263,6 +269,8 @@ def distribute(
     amount_num, amount_den = amount.as_integer_ratio()
     mult_num, mult_den = multiplier.as_integer_ratio()
     total_micro = base_micro + (amount_num * mult_num * MICRO) // (amount_den * mult_den)
+    if total_micro > MAX_MICRO:
+        raise TooManyTokens("the action would distribute more tokens than an account can hold")
     total = Tokens(total_micro)
 
     if rule is None:

@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine import campaigns as campaign_rules
 from engine.action_request import ORGANIZATION, ActionRequest
-from engine.distribution import Distribution, Stakeholder, distribute
+from engine.distribution import Distribution, Stakeholder, TooManyTokens, distribute
 from engine.errors import (
     CampaignBudgetExhausted,
     CampaignNotApplicable,
@@ -59,6 +59,7 @@ from engine.errors import (
     UnknownOrganization,
     UnknownStakeholderType,
     UnknownUser,
+    ValidationFailed,
 )
 from engine.ids import new_event_id, new_id
 from engine.ledger import EntryDraft, Leg, assert_balanced, lot_dates
@@ -365,17 +366,27 @@ async def apply_actions(
                 row, action_type=request.action_type, at=now
             ):
                 continue  # changed under us between the read and the lock
-            attempt = distribute(campaign_rules.rule_of(row), request.amount, stakeholders)
+            try:
+                attempt = distribute(campaign_rules.rule_of(row), request.amount, stakeholders)
+            except TooManyTokens as exc:
+                outcomes[i] = Refused(ValidationFailed({"amount": [str(exc)]}))
+                break
             refusal = _budget_refusal(row, attempt, running_spent, user_spend, users)
             if refusal is None:
                 chosen, dist = row, attempt
                 break
             budget_refusal = budget_refusal or refusal
+        if outcomes[i] is not None:
+            continue  # refused while choosing (too many tokens)
         if chosen is None and budget_refusal is not None:
             outcomes[i] = Refused(budget_refusal)
             continue
         if chosen is None:
-            dist = distribute(None, request.amount, stakeholders)
+            try:
+                dist = distribute(None, request.amount, stakeholders)
+            except TooManyTokens as exc:
+                outcomes[i] = Refused(ValidationFailed({"amount": [str(exc)]}))
+                continue
         assert dist is not None
         pool = (
             pools.get(chosen["pool_id"])
