@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -34,7 +37,14 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import Services
-from tests.security.live_front import LiveFront, Partner, SirAuth, make_partner, start_front
+from tests.security.live_front import (
+    LiveFront,
+    Partner,
+    SirAuth,
+    make_partner,
+    operator,
+    start_front,
+)
 
 CHECKS = [
     not_a_server_error,
@@ -78,14 +88,155 @@ def fuzz_schema(fuzz_front: LiveFront) -> schemathesis.schemas.BaseSchema:
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 
 
+def signed(front: LiveFront, partner: Partner, method: str, path: str, body: Any = None) -> Any:
+    response = requests.request(
+        method, front.base + path, json=body, auth=SirAuth(partner, "secret"), timeout=30
+    )
+    assert response.status_code < 300, (method, path, response.status_code, response.text)
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def known_ids(fuzz_front: LiveFront, fuzz_partner: Partner, services: Services) -> dict[str, Any]:
+    """Real objects for the path parameters, so generated bodies and queries reach past the
+    404 of a random id. The operator API's routes act on another partner (a fuzzed PATCH could
+    suspend the fuzzing partner and turn the rest of the run into 401s); the portal's key
+    routes on a spare key of the fuzzing partner, never the key the run signs with."""
+    base, p = fuzz_front.base, fuzz_partner
+    victim = make_partner(base, services.redis_url)
+    admin = f"/api/v1/admin/partners/{victim.partner_id}"
+    victim_key = operator(base, "GET", f"{admin}/keys")["data"][0]["id"]
+    spare = operator(
+        base,
+        "POST",
+        f"/api/v1/admin/partners/{p.partner_id}/keys",
+        {"environment": "sandbox", "name": "spare"},
+    )
+    org = operator(
+        base, "POST", "/api/v1/admin/organizations", {"slug": "fuzz-org", "name": "Fuzz Org"}
+    )
+    product = operator(
+        base,
+        "POST",
+        "/api/v1/admin/catalog/products",
+        {
+            "name": "Fuzz card",
+            "category": "gift",
+            "country": "US",
+            "currency": "USD",
+            "deliveryType": "code",
+            "denominations": [{"faceValue": 10, "tokenPrice": 5}],
+        },
+    )
+    signed(fuzz_front, p, "POST", "/v1/partner/users", {"externalUserId": "fuzz_user"})
+    stakeholders = [{"stakeholderTypeCode": "CUSTOMER", "partnerUserId": "fuzz_user"}]
+    action = signed(
+        fuzz_front,
+        p,
+        "POST",
+        "/v1/partner/actions/submit",
+        {
+            "idempotencyKey": "fuzz_1",
+            "actionType": "PURCHASE",
+            "amount": "100",
+            "stakeholders": stakeholders,
+        },
+    )
+    batch = signed(
+        fuzz_front,
+        p,
+        "POST",
+        "/v1/partner/actions/batch",
+        {
+            "actions": [
+                {
+                    "idempotencyKey": "fuzz_b1",
+                    "actionType": "PURCHASE",
+                    "amount": "1",
+                    "stakeholders": stakeholders,
+                }
+            ]
+        },
+    )
+    campaign = signed(
+        fuzz_front,
+        p,
+        "POST",
+        "/v1/partner/campaigns",
+        {"name": "fuzz", "splits": [{"stakeholderTypeCode": "CUSTOMER", "percent": 100}]},
+    )
+    topup = signed(
+        fuzz_front,
+        p,
+        "POST",
+        "/v1/partner/token-pools/request",
+        {"poolId": p.pool_id, "amount": "10"},
+    )
+    hook = signed(
+        fuzz_front,
+        p,
+        "POST",
+        "/v1/partner/webhooks",
+        {"url": "https://hooks.sir.invalid/fuzz", "receiveAllEvents": True},
+    )
+    p.issued.append(hook["secret"])
+    signed(fuzz_front, p, "POST", f"/v1/partner/webhooks/{hook['id']}/test")
+    delivery = signed(fuzz_front, p, "GET", f"/v1/partner/webhooks/{hook['id']}/deliveries")[
+        "data"
+    ][0]
+    order = requests.post(
+        f"{base}/v1/partner/users/fuzz_user/orders",
+        json={"productId": product["id"], "faceValue": 10, "quantity": 1},
+        headers={"Idempotency-Key": "fuzz-order-1"},
+        auth=SirAuth(p, "secret"),
+        timeout=30,
+    ).json()
+    partner_side = {
+        "externalId": "fuzz_user",
+        "actionId": action["actionId"],
+        "batchId": batch["batchId"],
+        "campaignId": campaign["id"],
+        "poolId": p.pool_id,
+        "endpointId": hook["id"],
+        "deliveryId": delivery["id"],
+        "productId": product["id"],
+        "orderId": order.get("id"),
+        "day": datetime.now(UTC).date().isoformat(),
+        "keyId": spare["id"],
+    }
+    operator_side = {
+        "partnerId": victim.partner_id,
+        "keyId": victim_key,
+        "poolId": victim.pool_id,
+        "requestId": topup["id"],
+        "slug": org["slug"],
+        "productId": product["id"],
+        "orderId": order.get("id"),
+    }
+    return {"partner": partner_side, "operator": operator_side}
+
+
+def known_path_parameters(operation: APIOperation, known: dict[str, Any]) -> dict[str, str] | None:
+    names = [p.name for p in operation.path_parameters]
+    if not names:
+        return None
+    side = known["operator" if operation.path.startswith("/api/v1/admin") else "partner"]
+    values = {name: side.get(name) for name in names}
+    return values if all(values.values()) else None  # type: ignore[return-value]
+
+
 def fuzz_operation(
-    operation: APIOperation, mode: GenerationMode, partner: Partner, seen: Counter[tuple[str, int]]
+    operation: APIOperation,
+    mode: GenerationMode,
+    partner: Partner,
+    seen: Counter[tuple[str, int]],
+    path_parameters: dict[str, str] | None = None,
 ) -> None:
     """Run one operation's generated cases in one generation mode; raise on the first failure
     (after hypothesis has shrunk it to a minimal case)."""
     auth = SirAuth(partner, operation.definition.raw["x-sir-auth"])
 
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
     @settings(
         max_examples=MAX_EXAMPLES,
         derandomize=True,
@@ -103,7 +254,7 @@ def fuzz_operation(
 
 @pytest.mark.timeout(600)
 def test_every_operation_answers_as_documented(
-    fuzz_schema, fuzz_partner: Partner, fuzz_front: LiveFront
+    fuzz_schema, fuzz_partner: Partner, fuzz_front: LiveFront, known_ids: dict[str, Any]
 ) -> None:
     failures: list[str] = []
     seen: Counter[tuple[str, int]] = Counter()
@@ -118,6 +269,13 @@ def test_every_operation_answers_as_documented(
                 assert mode is GenerationMode.NEGATIVE  # nothing to get wrong: no inputs at all
             except (Exception, FailureGroup) as exc:  # check failures; a request not made
                 failures.append(f"{operation.label} [{mode.value}]: {exc}")
+        # and once more on real objects: generated bodies and queries against ids that exist
+        known = known_path_parameters(operation, known_ids)
+        if known is not None:
+            try:
+                fuzz_operation(operation, GenerationMode.POSITIVE, fuzz_partner, seen, known)
+            except (Exception, FailureGroup) as exc:
+                failures.append(f"{operation.label} [positive, known ids {known}]: {exc}")
     assert operations > 50
     by_status = Counter(status for (_, status), n in seen.items() for _ in range(n))
     print(
