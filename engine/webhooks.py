@@ -26,6 +26,7 @@ import ipaddress
 import random
 import re
 import secrets
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -83,6 +84,8 @@ _RESERVED_HEADERS = frozenset(
     }
 )
 _RESERVED_PREFIXES = ("content-", "x-sir-", "proxy-")
+# up to four dot-separated decimal, octal (0...) or hex (0x...) parts: inet_aton's grammar
+_LEGACY_IPV4 = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0-9]+)){0,3}")
 
 
 # -- pure rules -----------------------------------------------------------------------------------
@@ -147,14 +150,30 @@ def url_problems(url: str, *, allow_private: bool) -> list[str]:
         return ["must not use port 0"]
     if allow_private:
         return []
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
+    literal = _ip_literal(host)
+    if literal is None:
         if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
             return ["must not point to a local or internal host"]
         return []
     problem = destination_problem(literal)
     return [problem] if problem else []
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host names literally, or None for a name. Besides the dotted forms, the
+    C resolver takes the legacy IPv4 spellings (`127.1`, `2130706433`, `0x7f000001`, octal
+    `0177.0.0.1`) as literals without any DNS, so they are read the same way here; otherwise
+    they would pass as names and only the delivery-time check would stop them."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if not _LEGACY_IPV4.fullmatch(host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 def header_problems(headers: Mapping[str, Any]) -> dict[str, list[str]]:

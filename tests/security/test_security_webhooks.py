@@ -188,3 +188,36 @@ async def test_a_redirect_to_an_internal_address_is_not_followed(settings, monke
 )
 def test_header_injection_and_engine_headers_are_refused(headers):
     assert header_problems(headers)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.1/hook",
+        "http://2130706433/hook",
+        "http://0x7f000001/hook",
+        "http://0x7f.0.0.1/hook",
+        "http://017700000001/hook",
+        "http://0177.0.0.1/hook",
+        "http://10.1/hook",  # 10.0.0.1
+        "http://169.254.43518/hook",  # 169.254.169.254, the metadata service
+        "http://0/hook",  # 0.0.0.0
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://[::ffff:7f00:1]/hook",
+        "http://[fc00::1]/hook",
+        "http://[fe80::1]/hook",
+        "http://[::1]/hook",
+    ],
+)
+def test_numeric_spellings_of_internal_addresses_are_refused_at_registration(url):
+    # The resolver would turn each into an internal address at delivery (refused there too);
+    # registration refuses them up front, as it refuses the dotted forms.
+    assert url_problems(url, allow_private=False) != []
+    assert url_problems(url, allow_private=True) == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://8.8.8.8/hook", "http://134744072/hook", "https://1.example/hook"]
+)
+def test_public_numeric_and_digit_names_are_allowed(url):
+    assert url_problems(url, allow_private=False) == []
