@@ -10,14 +10,23 @@ receiver answering 302 shows that a delivery never follows a redirect (contract 
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.test_utils import TestClient, TestServer
 
+from engine.credentials import issue_keys
+from engine.signing import sign_request
 from engine.webhooks import AttemptPlan, header_problems, url_problems
+from engine.wire import dumps
+from http_front.app import create_app
 from workers import runtime, webhook_actors
 from workers.webhook_actors import PublicOnlyResolver, destination_refused
 
@@ -221,3 +230,78 @@ def test_numeric_spellings_of_internal_addresses_are_refused_at_registration(url
 )
 def test_public_numeric_and_digit_names_are_allowed(url):
     assert url_problems(url, allow_private=False) == []
+
+
+# -- through the HTTP API, as production runs it (private destinations not allowed) ------------
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def production_client(settings) -> AsyncIterator[TestClient]:
+    app = create_app(dataclasses.replace(settings, webhook_allow_private=False))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client
+
+
+async def _signed(client: TestClient, keys: Any, method: str, path: str, body: Any = None) -> Any:
+    data = dumps(body).encode() if body is not None else b""
+    ts = str(int(time.time()))
+    headers = {
+        "X-Partner-Key": keys.secret_key,
+        "X-Timestamp": ts,
+        "X-Signature": sign_request(keys.hmac_secret, ts, method, path, data),
+    }
+    if data:
+        headers["Content-Type"] = "application/json"
+    async with client.request(method, path, data=data, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_the_api_refuses_internal_urls_and_injected_headers_and_stores_nothing(
+    production_client, db, box, make_partner
+):
+    partner = await make_partner()
+    async with db.begin() as conn:
+        keys = await issue_keys(
+            conn, box, actor="test", partner_id=partner.partner_id, environment="sandbox", name="s"
+        )
+    for url in [
+        "http://localhost/x",
+        "http://127.1/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "http://[fd00::1]/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://0x0a000001/x",
+    ]:
+        status, body = await _signed(
+            production_client,
+            keys,
+            "POST",
+            "/v1/partner/webhooks",
+            {"url": url, "receiveAllEvents": True},
+        )
+        assert (status, list(body["error"]["details"]["fields"])) == (422, ["url"]), url
+    status, created = await _signed(
+        production_client,
+        keys,
+        "POST",
+        "/v1/partner/webhooks",
+        {
+            "url": "https://hooks.sir.invalid/x",
+            "receiveAllEvents": True,
+            "headers": {"X-Tag": "one"},
+        },
+    )
+    assert status == 201, created
+    path = f"/v1/partner/webhooks/{created['id']}"
+    for change in (
+        {"url": "http://10.0.0.1/x"},
+        {"headers": {"X-Tag": "one\r\nX-SIR-Signature: sha256=forged"}},
+        {"headers": {"Host": "internal.example"}},
+        {"headers": {"User-Agent": "x", "Content-Length": "0"}},
+    ):
+        status, body = await _signed(production_client, keys, "PATCH", path, change)
+        assert status == 422, (change, body)
+    status, shown = await _signed(production_client, keys, "GET", path)
+    assert shown["url"] == "https://hooks.sir.invalid/x" and shown["headers"] == {"X-Tag": "****"}
+    status, listed = await _signed(production_client, keys, "GET", "/v1/partner/webhooks")
+    assert [e["id"] for e in listed["data"]] == [created["id"]]  # nothing else was stored
