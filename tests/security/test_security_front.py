@@ -277,6 +277,7 @@ def _forge(header: dict[str, Any], claims: dict[str, Any], signature: str = "") 
     return f"{part(header)}.{part(claims)}.{signature}"
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS512 on purpose
 def test_tokens_across_modes_and_forged_variants_are_refused(front, partner, settings):
     bearer = lambda token: {"Authorization": f"Bearer {token}"}  # noqa: E731
     claims = jwt.decode(partner.access_token, options={"verify_signature": False})
