@@ -283,9 +283,9 @@ def test_every_operation_answers_as_documented(
         f"\nfuzzing: {operations} operations, {sum(seen.values())} requests, "
         f"by status {sorted(by_status.items())}; answered 2xx: {len(answered_2xx)} operations"
     )
-    # The run must get past authentication: were signing broken, every answer would be a
-    # (documented) 401 and the checks above would pass for nothing.
     logs = fuzz_front.logs()
     assert [s for s in fuzz_partner.issued if s in logs] == [], "a secret reached the logs"
-    assert len(answered_2xx) >= 20, sorted(answered_2xx)
+    # The run must get past authentication: were signing broken, every answer would be a
+    # (documented) 401 and the checks would pass for nothing.
+    assert len(answered_2xx) >= 50, sorted(answered_2xx)  # 63 of 89 when written
     assert not failures, f"{len(failures)} failing operations:\n\n" + "\n\n".join(failures)
