@@ -152,7 +152,6 @@ def operations(front: LiveFront) -> list[tuple[str, str, dict[str, Any]]]:
         (method.upper(), path, operation)
         for path, item in document["paths"].items()
         for method, operation in item.items()
-        if operation["x-sir-auth"] in ("secret", "operator", "portal")
     ]
 
 
