@@ -53,7 +53,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-MAX_EXAMPLES = 6
+MAX_EXAMPLES = 10
 
 
 @pytest.fixture(scope="module")
