@@ -466,6 +466,58 @@ def _issue_and_use_secrets(front, partner, services, receiver, worker) -> None:
         headers={"X-Partner-Key": created["secretKey"], "X-Timestamp": "1", "X-Signature": "00"},
     )
     assert status == 401
+    # voucher codes, PINs and claim URLs: loaded by the operator, issued to an order, read once
+    product = operator(
+        front.base,
+        "POST",
+        "/api/v1/admin/catalog/products",
+        {
+            "name": "Log card",
+            "category": "gift",
+            "country": "US",
+            "currency": "USD",
+            "deliveryType": "code_with_pin",
+            "denominations": [{"faceValue": 5, "tokenPrice": 1}],
+        },
+    )
+    code, pin = "CODE-" + secrets.token_hex(10), "PIN-" + secrets.token_hex(6)
+    claim = "https://claim.sir.invalid/" + secrets.token_hex(10)
+    operator(
+        front.base,
+        "POST",
+        f"/api/v1/admin/catalog/products/{product['id']}/vouchers",
+        {
+            "environment": "sandbox",
+            "codes": [{"faceValue": 5, "code": code, "pin": pin, "claimUrl": claim}],
+        },
+    )
+    issued += [code, pin, claim]
+    order = requests.post(
+        f"{front.base}/v1/partner/users/sec_user/orders",
+        json={"productId": product["id"], "faceValue": 5, "quantity": 1},
+        headers={"Idempotency-Key": "sec-order-" + secrets.token_hex(4)},
+        auth=SirAuth(partner, "secret"),
+        timeout=30,
+    )
+    assert order.status_code == 201, order.text
+    assert order.json()["status"] == "DELIVERED"
+    status, vouchers = call(
+        front, partner, "GET", f"/v1/partner/orders/{order.json()['id']}/vouchers"
+    )
+    assert status == 200 and vouchers["data"][0]["code"] == code  # really issued and read
+    # the operator's audit log is a record too: secrets are redacted there (contract 3.4)
+    audit, cursor = "", None
+    while True:
+        page = operator(
+            front.base,
+            "GET",
+            "/api/v1/admin/audit-log?limit=200" + (f"&cursor={cursor}" if cursor else ""),
+        )
+        audit += json.dumps(page["data"])
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert [secret[:12] for secret in issued if secret in audit] == []
     time.sleep(0.5)  # the processes write log lines as they happen; let the last ones land
     logs = front.logs() + worker.logs()
     assert "sir.workers.webhooks" in worker.logs()  # the worker's output is really captured
