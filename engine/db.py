@@ -5,10 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg.exceptions
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from engine.settings import to_sqlalchemy_url
 from engine.wire import dumps, loads
+
+# Raised by asyncpg as they are (not wrapped by SQLAlchemy) when a new connection is refused:
+# the server is shutting down or starting up (57P03), or the connection failed (class 08).
+# The database is unreachable for a moment, like an OperationalError: 503 and retry, never 500.
+CONNECT_REFUSED: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.PostgresConnectionError,
+)
 
 
 def create_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from engine.db import CONNECT_REFUSED
 from engine.errors import NotFound, ServiceUnavailable, SirError, ValidationFailed
 from engine.faults import dependency_of
 from engine.wire import dumps
@@ -78,6 +79,17 @@ def _count_dependency_error(exc: BaseException) -> None:
         DEPENDENCY_ERRORS.labels(dependency).inc()
 
 
+# A dependency down for a moment: 503 with Retry-After, nothing applied.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    OSError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    *CONNECT_REFUSED,
+)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map every failure to `{"error": {name, code, message, details}}`; never leak internals."""
@@ -106,13 +118,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if not header.lower().startswith("content-"):
                 response.headers[header] = value
         return response
-    except (
-        OperationalError,
-        InterfaceError,
-        OSError,
-        RedisConnectionError,
-        RedisTimeoutError,
-    ) as exc:
+    except _UNREACHABLE as exc:
         _count_dependency_error(exc)
         log.warning("dependency unreachable: %s", type(exc).__name__)
         response = error_response(

@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from engine.db import CONNECT_REFUSED
 from engine.errors import ConfigError, ServiceUnavailable, SirError
 from engine.faults import dependency_of
 
@@ -53,6 +54,7 @@ def is_transient(exc: BaseException) -> bool:
             RedisConnectionError,
             RedisTimeoutError,
             TimeoutError,
+            *CONNECT_REFUSED,
         ),
     ):
         return True
