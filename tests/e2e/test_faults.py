@@ -13,9 +13,7 @@ import base64
 import json
 import os
 import secrets
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -31,9 +29,10 @@ from engine.pools import allocate, create_pool
 from engine.scope import Scope
 from engine.settings import parse_master_key
 from engine.wire import loads
+from ops.private_servers import PrivatePostgres, PrivateRedis
+from ops.processes import kill_group, sir_engine_argv, start_group, stop_group
 from sir_client import SirClient
-from tests.conftest import OPERATOR_TOKEN, ROOT, free_port, sir_engine, wait_http_ok
-from tests.support.servers import PrivatePostgres, PrivateRedis
+from tests.conftest import OPERATOR_TOKEN, free_port, sir_engine, wait_http_ok
 
 ACTIONS = 240
 CLIENTS = 8
@@ -43,38 +42,7 @@ RETRYABLE = {503, 429, 401}  # 401 only as REPLAYED_REQUEST after Redis lost its
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     # Its own process group: Dramatiq forks worker processes, and a signal to the group reaches
     # them too (a SIGKILL to the parent alone would leave them running as orphans).
-    sink = log.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", *args],
-        env=env,
-        cwd=ROOT,
-        stdout=sink,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process and everything it forked."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=10)
-
-
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the group and let it finish; SIGKILL whatever is left after 30 s."""
-    if process is None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    _kill(process)
+    return start_group(sir_engine_argv(*args), env, log)
 
 
 async def _setup(database_url: str, master_key: str) -> tuple[Scope, str, str]:
@@ -212,7 +180,7 @@ async def test_faults_lose_nothing_and_double_count_nothing(tmp_path):
 
             async def faults() -> None:
                 await asyncio.sleep(1.5)
-                _kill(processes["worker"])  # type: ignore[arg-type]
+                kill_group(processes["worker"])  # type: ignore[arg-type]
                 processes["worker"] = _start(
                     ["worker", "--processes", "1", "--threads", "4"], env, logs / "worker.log"
                 )
@@ -249,7 +217,7 @@ async def test_faults_lose_nothing_and_double_count_nothing(tmp_path):
         assert verdict.returncode == 0, verdict.stdout
     finally:
         for process in processes.values():
-            _stop(process)
+            stop_group(process)
         await runner.cleanup()
         rd.kill()
         pg.stop()
