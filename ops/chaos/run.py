@@ -32,6 +32,7 @@ from ops.chaos.cluster import Cluster, Tenant
 from ops.chaos.faults import Injected, run_schedule, schedule
 from ops.chaos.load import MAIN_EVENT_TYPES, Budget, Driver, Ledger
 from ops.chaos.receiver import FlakyReceiver
+from ops.dead_letters import list_dead
 
 log = logging.getLogger("sir.chaos")
 
@@ -116,7 +117,8 @@ async def _drained(cluster: Cluster, tenant: Tenant, poison: str) -> dict[str, i
         await db.dispose()
     client = redis.Redis.from_url(cluster.redis.url)
     try:
-        dead = client.zscore(f"dramatiq:{POISON_QUEUE}.XQ", poison) is not None
+        # The XQ holds the broker's own ids; the message id is inside the stored message.
+        dead = any(d.message.message_id == poison for d in list_dead(client, (POISON_QUEUE,)))
     finally:
         client.close()
     return {
@@ -140,6 +142,8 @@ async def _wait_drained(
             log.info("drain check: %s", exc)
         if not any(left.values()):
             return left
+        if int(time.monotonic() - deadline) % 10 == 0:
+            log.info("draining: %s", left)
         await asyncio.sleep(1)
     return left
 
@@ -207,13 +211,16 @@ async def run(options: argparse.Namespace) -> Outcome:
 
         drain_started = time.monotonic()
         await asyncio.to_thread(_revive, cluster)
+        # After the last fault (a Redis restart would wipe the dead letters too).
+        poison = await asyncio.to_thread(inject_poison, cluster.redis.url)  # type: ignore[union-attr]
         await driver.resolve_unresolved()
         async with driver.client() as sir:
             await driver.settle_batches(sir, timeout=options.drain_seconds)
-        poison = await asyncio.to_thread(inject_poison, cluster.redis.url)  # type: ignore[union-attr]
         left = await _wait_drained(cluster, tenant, poison, timeout=options.drain_seconds)
         drain_seconds = time.monotonic() - drain_started
+        log.info("drained in %.0f s; proving", drain_seconds)
         findings = await prove(cluster, tenant, ledger, receiver, poison)
+        log.info("proved in %.0f s", time.monotonic() - drain_started - drain_seconds)
         for what, count in left.items():
             if count:
                 findings.broken.append(f"after {drain_seconds:.0f} s of drain: {count} {what}")
