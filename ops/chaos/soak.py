@@ -179,7 +179,9 @@ async def drive(
                 # parsing (a replay), but not the same bytes, so not a replayed signature when
                 # two go out in the same second.
                 original = rng.choice(applied)
-                replay = {**original, "amount": original["amount"] + "0"}
+                amount = original["amount"]
+                respelled = amount + "0" if "." in amount else amount + ".0"
+                replay = {**original, "amount": respelled}
                 args = ("replay", "POST", f"{API}/actions/submit", replay)
             elif draw < 0.3 and applied:
                 user = rng.choice(applied)["stakeholders"][0]["partnerUserId"]
