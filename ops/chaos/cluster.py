@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from engine.pools import allocate, create_pool
 from engine.scope import Scope
 from engine.settings import parse_master_key
 from ops.private_servers import PrivatePostgres, PrivateRedis
-from ops.processes import free_port, kill_group, sir_engine_argv, start_group, stop_group
+from ops.processes import free_port, kill_group, sir_engine_argv, start_group, stop_groups
 
 OPERATOR_TOKEN = "op_chaos_" + "0" * 40  # noqa: S105 - a loopback-only harness token
 FUNDING = Tokens.parse("100000000")
@@ -64,6 +65,10 @@ class Cluster:
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    stopping: bool = False  # set by stop(): nothing starts after it, whatever thread asks
+    # Held by a server restart (in a thread) and by stop(): stop waits for a restart in flight
+    # rather than racing it, which could leave a server started after the stop.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def base_url(self) -> str:
@@ -143,6 +148,8 @@ class Cluster:
     # -- engine processes ------------------------------------------------------------------------
 
     def _start(self, name: str, *args: str) -> None:
+        if self.stopping:
+            return
         self.processes[name] = start_group(
             sir_engine_argv(*args), self.env, self.logs / f"{name.split('-')[0]}.log"
         )
@@ -210,6 +217,16 @@ class Cluster:
     async def await_listening(self, name: str, timeout: float) -> bool:
         return await asyncio.to_thread(self.wait_listening, name, timeout)
 
+    def restart_redis(self) -> None:
+        with self._lock:
+            if not self.stopping and self.redis is not None:
+                self.redis.restart()
+
+    def restart_postgres(self) -> None:
+        with self._lock:
+            if not self.stopping and self.pg is not None:
+                self.pg.restart()
+
     def kill(self, name: str) -> None:
         kill_group(self.processes[name])
 
@@ -237,9 +254,10 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop everything: engine processes first (SIGTERM, then SIGKILL), then the servers.
-        Bounded: each group gets at most 20 s."""
-        for process in self.processes.values():
-            stop_group(process, grace=20)
+        Bounded: the groups get 20 s together."""
+        with self._lock:
+            self.stopping = True
+        stop_groups(list(self.processes.values()), grace=20)
         if self.redis is not None:
             self.redis.kill()
         if self.pg is not None:

@@ -60,12 +60,10 @@ async def inject(cluster: Cluster, fault: Fault, rng: random.Random) -> Injected
         cluster.start_worker(int(target.split("-")[1]))
     elif fault.kind == "restart redis (empty)":
         target = "redis"
-        assert cluster.redis is not None
-        await asyncio.to_thread(cluster.redis.restart)
+        await asyncio.to_thread(cluster.restart_redis)
     elif fault.kind == "restart postgres":
         target = "postgres"
-        assert cluster.pg is not None
-        await asyncio.to_thread(cluster.pg.restart)
+        await asyncio.to_thread(cluster.restart_postgres)
     else:
         target = f"front-{rng.randrange(cluster.fronts)}"
         cluster.kill(target)

@@ -175,6 +175,7 @@ async def run(options: argparse.Namespace) -> Outcome:
         slow_rate=options.receiver_slow_rate,
     )
     ledger = Ledger()
+    fault_task: asyncio.Future[list[Injected]] | None = None
     try:
         await asyncio.to_thread(cluster.start_servers)
         tenant = await cluster.create_tenant()
@@ -235,6 +236,11 @@ async def run(options: argparse.Namespace) -> Outcome:
             extra={"logs": str(cluster.logs)},
         )
     finally:
+        # The fault schedule is a task of its own: stop it before the processes, or it could
+        # start a worker or a front again after they were stopped (a run cancelled by SIGTERM).
+        if fault_task is not None and not fault_task.done():
+            fault_task.cancel()
+            await asyncio.gather(fault_task, return_exceptions=True)
         await receiver.stop()
         await asyncio.to_thread(cluster.stop)
         if not options.keep and not options.workdir:
