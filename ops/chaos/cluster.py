@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -82,6 +83,11 @@ class Cluster:
 
     def start_servers(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
+        # pgserver keeps a lock file under XDG_RUNTIME_DIR and writes it again at interpreter
+        # exit: one shared directory, rather than a stray one left beside each run's.
+        os.environ.setdefault(
+            "XDG_RUNTIME_DIR", str(Path(tempfile.gettempdir()) / "sir-pgserver-runtime")
+        )
         self.pg = PrivatePostgres(self.directory / "pg")
         self.redis = PrivateRedis(self.directory / "redis")
         self.redis.start()
