@@ -190,7 +190,7 @@ async def test_every_metric_the_alerts_and_dashboard_name_is_exported(
     worker_url = f"http://127.0.0.1:{metrics_port}/metrics"
     client = redis.Redis.from_url(services.redis_url)
     try:
-        wait_http_ok(f"{base}/healthz", processes[0])
+        wait_http_ok(f"{base}/healthz", processes[0], timeout=90)  # N fronts start at once
         async with SirClient(base, keys.secret_key, keys.hmac_secret) as sir:
             hook = await sir.request(
                 "POST",

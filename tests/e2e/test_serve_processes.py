@@ -32,7 +32,8 @@ def _start(services, port: int, processes: int = 2) -> subprocess.Popen[bytes]:
         env=services.env(),
         cwd=ROOT,
     )
-    wait_http_ok(f"http://127.0.0.1:{port}/healthz", parent)
+    # Two interpreters importing the app at once: give a loaded machine time (seen > 30 s).
+    wait_http_ok(f"http://127.0.0.1:{port}/healthz", parent, timeout=90)
     return parent
 
 
