@@ -33,7 +33,12 @@ def _start(services, port: int, processes: int = 2) -> subprocess.Popen[bytes]:
         cwd=ROOT,
     )
     # Two interpreters importing the app at once: give a loaded machine time (seen > 30 s).
-    wait_http_ok(f"http://127.0.0.1:{port}/healthz", parent, timeout=90)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", parent, timeout=90)
+    except BaseException:
+        parent.kill()  # the children die with their parent (a failed start left them running)
+        parent.wait(timeout=10)
+        raise
     return parent
 
 
