@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,8 +26,9 @@ from engine.money import Tokens
 from engine.partners import create_partner
 from engine.pools import allocate, create_pool
 from engine.scope import Scope
+from ops.processes import sir_engine_argv, start_group, stop_groups
 from sir_client import SirClient
-from tests.conftest import OPERATOR_TOKEN, ROOT, Services, free_port, wait_http_ok
+from tests.conftest import OPERATOR_TOKEN, Services, free_port, wait_http_ok
 from workers.dispatch import Dispatcher
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
@@ -42,48 +41,26 @@ def logs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(services: Services, logs: Path) -> Iterator[str]:
-    """The front, one worker (orders + maintenance queues) and the scheduler (1 s pick-up)."""
+    """The front, one worker (orders + maintenance queues) and the scheduler (1 s pick-up),
+    each in its own process group (the worker forks), stopped as groups."""
     env = services.env(SIR_ORDER_PICKUP_SECONDS="1", SIR_WORKER_METRICS_PORT="0")
     port = free_port()
     commands = {
-        "front": [sys.executable, "-m", "ops.cli", "serve", "--port", str(port)],
-        "worker": [
-            sys.executable,
-            "-m",
-            "ops.cli",
-            "worker",
-            "--queues",
-            "orders",
-            "maintenance",
-            "--processes",
-            "1",
-            "--threads",
-            "4",
-        ],
-        "scheduler": [sys.executable, "-m", "ops.cli", "scheduler"],
+        "front": sir_engine_argv("serve", "--port", str(port)),
+        "worker": sir_engine_argv(
+            "worker", "--queues", "orders", "maintenance", "--processes", "1", "--threads", "4"
+        ),
+        "scheduler": sir_engine_argv("scheduler"),
     }
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for name, command in commands.items():
-            with (logs / f"{name}.log").open("w") as sink:
-                processes.append(
-                    subprocess.Popen(
-                        command, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT
-                    )
-                )
+            processes.append(start_group(command, env, logs / f"{name}.log"))
         base = f"http://127.0.0.1:{port}"
         wait_http_ok(f"{base}/healthz", processes[0])
         yield base
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_groups(processes)
         for name in commands:
             print(f"--- {name} ---\n{(logs / f'{name}.log').read_text()[-1500:]}")
 
