@@ -49,7 +49,7 @@ from engine.scope import Scope
 from engine.tables import ORDER_STATUSES, orders
 from engine.users import get_user
 from engine.vendors import VendorRequest, VendorResult, Vendors, vendor_name_for
-from engine.vouchers import allocate, issue_from_vendor, vouchers_of
+from engine.vouchers import allocate, issue_from_vendor, reveal, vouchers_of
 from engine.wire import dumps
 
 KEY_TTL = timedelta(hours=24)  # contract: order idempotency keys are kept 24 hours
@@ -163,10 +163,14 @@ async def list_orders(
     return [order_view(r, found[r["id"]]) for r in rows], cursor
 
 
-async def order_scope(conn: AsyncConnection, order_id: str) -> Scope:
-    """The scope an order belongs to (operators name orders by id alone). Raises NotFound."""
-    row = await _order_row(conn, order_id, None)
-    return Scope(row["partner_id"], row["environment"])
+async def voucher_codes(
+    conn: AsyncConnection, box: SecretBox, scope: Scope, order_id: str
+) -> list[dict[str, Any]]:
+    """The codes issued to one order of the caller's scope, decrypted (`GET /orders/:id/
+    vouchers`, the only place codes leave the engine). Raises NotFound."""
+    await _order_row(conn, order_id, scope)
+    found = await vouchers_of(conn, scope, [order_id])
+    return [reveal(box, voucher) for voucher in found[order_id]]
 
 
 # -- placing an order ---------------------------------------------------------------------------------

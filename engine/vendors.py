@@ -216,9 +216,6 @@ class Vendors:
     def __init__(self, db: AsyncEngine, box: SecretBox) -> None:
         self._sandbox = SandboxVendor(db, box)
 
-    def for_environment(self, environment: Environment) -> VoucherVendor | None:
-        return self._sandbox if environment == "sandbox" else None
-
     def named(self, name: str) -> VoucherVendor:
         if name == SANDBOX:
             return self._sandbox
